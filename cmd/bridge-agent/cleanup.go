@@ -1,0 +1,36 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+// cleanupCmd removes what the agent leaves on the host. It never needs the
+// API server, so it works on a host cut off from the cluster.
+func cleanupCmd(args []string, stdout, stderr io.Writer) int {
+	f := newConfigFlags("cleanup", stderr)
+	cfg, err := f.load(args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "bridge-agent: %v\n", err)
+		return 1
+	}
+	failed := false
+	for _, p := range []string{cfg.HostPath(cfg.StatusSocket), cfg.HostPath(cfg.StateDir)} {
+		if err := os.RemoveAll(p); err != nil {
+			fmt.Fprintf(stderr, "bridge-agent: cleanup: %v\n", err)
+			failed = true
+			continue
+		}
+		fmt.Fprintf(stdout, "removed %s\n", p)
+	}
+	if failed {
+		return 1
+	}
+	return 0
+}

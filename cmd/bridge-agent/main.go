@@ -1,0 +1,53 @@
+// Command bridge-agent joins a host that is not a Kubernetes node to a
+// cluster's service discovery.
+//
+//	bridge-agent run     [--config FILE] [flags]   run the agent
+//	bridge-agent status  [--config FILE] [-o json] what the running agent sees
+//	bridge-agent cleanup [--config FILE]           remove everything the agent made
+//	bridge-agent version
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+const usage = `usage: bridge-agent <command> [flags]
+
+Commands:
+  run       run the agent (watch the cluster, program this host)
+  status    show what the running agent sees (-o json for machines)
+  cleanup   remove every rule, route, file and socket the agent made
+  version   print the version
+
+Run "bridge-agent <command> --help" for a command's flags.
+`
+
+func main() {
+	os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func realMain(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "run":
+		return runCmd(rest, stderr)
+	case "status":
+		return statusCmd(rest, stdout, stderr)
+	case "cleanup":
+		return cleanupCmd(rest, stdout, stderr)
+	case "version", "--version":
+		return versionCmd(stdout)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "bridge-agent: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+}

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/bridge-agent/bridge-agent/internal/cluster"
+	"github.com/bridge-agent/bridge-agent/internal/daemon"
+)
+
+func statusCmd(args []string, stdout, stderr io.Writer) int {
+	f := newConfigFlags("status", stderr)
+	output := f.fs.String("o", "text", "output format: text or json")
+	socket := f.fs.String("socket", "", "status socket (default: statusSocket inside hostRoot from the configuration)")
+	cfg, err := f.load(args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "bridge-agent: %v\n", err)
+		return 1
+	}
+	if *output != "text" && *output != "json" {
+		fmt.Fprintf(stderr, "bridge-agent: -o: want text or json, got %q\n", *output)
+		return 2
+	}
+	path := *socket
+	if path == "" {
+		path = cfg.HostPath(cfg.StatusSocket)
+	}
+	body, err := fetchStatus(path)
+	if err != nil {
+		fmt.Fprintf(stderr, "bridge-agent: status: %v (is the agent running?)\n", err)
+		return 1
+	}
+	if *output == "json" {
+		stdout.Write(body)
+		return 0
+	}
+	var st daemon.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		fmt.Fprintf(stderr, "bridge-agent: status: decode: %v\n", err)
+		return 1
+	}
+	printStatus(stdout, &st, time.Now())
+	return 0
+}
+
+func fetchStatus(socket string) ([]byte, error) {
+	c := &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		}},
+	}
+	resp, err := c.Get("http://agent/status")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	return body, nil
+}
+
+func printStatus(w io.Writer, st *daemon.Status, now time.Time) {
+	ago := func(t time.Time) string {
+		if t.IsZero() {
+			return "never"
+		}
+		return now.Sub(t).Round(time.Millisecond).String() + " ago"
+	}
+	state := "not ready"
+	if st.Ready {
+		state = "ready"
+	}
+	fmt.Fprintf(w, "bridge-agent %s (pid %d, up %s): %s\n", st.Version, st.PID, now.Sub(st.StartTime).Round(time.Second), state)
+	fmt.Fprintf(w, "API server:  %s", st.APIServer.Host)
+	if st.APIServer.LastError != "" {
+		fmt.Fprintf(w, " (last error %s: %s)", ago(st.APIServer.LastErrorTime), st.APIServer.LastError)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "Last sync:   %s, took %s, snapshot %d, %d syncs", ago(st.LastSync.Time), st.LastSync.Duration.Round(time.Microsecond), st.LastSync.SnapshotVersion, st.LastSync.Count)
+	if st.LastSync.Error != "" {
+		fmt.Fprintf(w, ", error: %s", st.LastSync.Error)
+	}
+	fmt.Fprintln(w)
+	for _, c := range st.Consumers {
+		fmt.Fprintf(w, "  %-8s last success %s", c.Name, ago(c.LastSync))
+		if c.LastError != "" {
+			fmt.Fprintf(w, ", error: %s", c.LastError)
+		}
+		fmt.Fprintln(w)
+	}
+
+	fmt.Fprintf(w, "\nServices (%d, %d endpoints):\n", len(st.Snapshot.Services), st.Snapshot.Endpoints)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  NAMESPACE/NAME\tTYPE\tCLUSTER-IP\tPORT\tENDPOINTS")
+	for _, s := range st.Snapshot.Services {
+		typ := s.Type
+		switch {
+		case s.Headless:
+			typ += " (headless)"
+		case !s.Proxied:
+			typ += " (other proxy)"
+		}
+		ips := joinAddrs(s.ClusterIPs)
+		if s.Type == cluster.TypeExternalName {
+			ips = s.ExternalName
+		}
+		if len(s.Ports) == 0 {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t-\t-\n", s.ServiceKey, typ, ips)
+		}
+		for i, p := range s.Ports {
+			name := s.ServiceKey.String()
+			if i > 0 {
+				name, typ, ips = "", "", ""
+			}
+			port := fmt.Sprintf("%d/%s", p.Port, p.Protocol)
+			if p.Name != "" {
+				port = p.Name + ":" + port
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", name, typ, ips, port, describeEndpoints(p.Endpoints))
+		}
+	}
+	tw.Flush()
+
+	fmt.Fprintf(w, "\nNodes (%d):\n", len(st.Snapshot.Nodes))
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  NAME\tINTERNAL-IP\tPOD-CIDR\tZONE")
+	for _, n := range st.Snapshot.Nodes {
+		cidrs := make([]string, len(n.PodCIDRs))
+		for i, c := range n.PodCIDRs {
+			cidrs[i] = c.String()
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", n.Name, joinAddrs(n.InternalIPs), strings.Join(cidrs, ","), n.Zone)
+	}
+	tw.Flush()
+}
+
+// describeEndpoints lists up to four endpoints with their state.
+func describeEndpoints(eps []cluster.Endpoint) string {
+	if len(eps) == 0 {
+		return "<none>"
+	}
+	var parts []string
+	for i, e := range eps {
+		if i == 4 {
+			parts = append(parts, fmt.Sprintf("+%d more", len(eps)-4))
+			break
+		}
+		s := e.AddrPort().String()
+		switch {
+		case e.Ready:
+		case e.Serving && e.Terminating:
+			s += "(terminating)"
+		default:
+			s += "(not ready)"
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, " ")
+}
+
+func joinAddrs[T fmt.Stringer](addrs []T) string {
+	if len(addrs) == 0 {
+		return "-"
+	}
+	s := make([]string, len(addrs))
+	for i, a := range addrs {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ",")
+}

@@ -1,0 +1,198 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// WatchOptions scope the watch.
+type WatchOptions struct {
+	// Namespaces limits the watch (empty: all). With exactly one namespace
+	// the API server filters; otherwise the Tracker does.
+	Namespaces []string
+	// LabelSelector limits Services (server-side).
+	LabelSelector string
+}
+
+// Watcher runs the shared informers for Services, EndpointSlices and Nodes
+// and feeds a Tracker.
+type Watcher struct {
+	factories []informers.SharedInformerFactory
+	synced    []cache.InformerSynced
+
+	mu        sync.Mutex
+	lastErr   error
+	lastErrAt time.Time
+}
+
+// watchError records a list/watch failure for status, then logs it the way
+// client-go does; the reflector retries with backoff by itself.
+func (w *Watcher) watchError(ctx context.Context, r *cache.Reflector, err error) {
+	w.mu.Lock()
+	w.lastErr, w.lastErrAt = err, time.Now()
+	w.mu.Unlock()
+	cache.DefaultWatchErrorHandler(ctx, r, err)
+}
+
+// LastError returns the most recent list/watch error and when it happened.
+func (w *Watcher) LastError() (error, time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lastErr, w.lastErrAt
+}
+
+// ClearError forgets the last error (called after a successful sync).
+func (w *Watcher) ClearError() {
+	w.mu.Lock()
+	w.lastErr, w.lastErrAt = nil, time.Time{}
+	w.mu.Unlock()
+}
+
+// NewWatcher sets up informers on client feeding t. Call Start to run them.
+func NewWatcher(client kubernetes.Interface, t *Tracker, o WatchOptions) (*Watcher, error) {
+	if o.LabelSelector != "" {
+		if _, err := labels.Parse(o.LabelSelector); err != nil {
+			return nil, fmt.Errorf("watch: label selector: %w", err)
+		}
+	}
+	base := []informers.SharedInformerOption{informers.WithTransform(StripUnused)}
+	if len(o.Namespaces) == 1 {
+		base = append(base, informers.WithNamespace(o.Namespaces[0]))
+	}
+	svcOpts := append(slices.Clip(base), informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
+		lo.LabelSelector = o.LabelSelector
+	}))
+	// Slices without the service-name label are never used: let the API
+	// server drop them.
+	sliceOpts := append(slices.Clip(base), informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
+		lo.LabelSelector = LabelServiceName
+	}))
+	svcF := informers.NewSharedInformerFactoryWithOptions(client, 0, svcOpts...)
+	sliceF := informers.NewSharedInformerFactoryWithOptions(client, 0, sliceOpts...)
+	nodeF := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(StripUnused))
+
+	w := &Watcher{factories: []informers.SharedInformerFactory{svcF, sliceF, nodeF}}
+	handlers := []struct {
+		inf cache.SharedIndexInformer
+		h   cache.ResourceEventHandlerFuncs
+	}{
+		{svcF.Core().V1().Services().Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { t.UpdateService(obj.(*v1.Service)) },
+			UpdateFunc: func(_, obj any) { t.UpdateService(obj.(*v1.Service)) },
+			DeleteFunc: func(obj any) {
+				if ns, name, ok := deletedKey(obj); ok {
+					t.DeleteService(ns, name)
+				}
+			},
+		}},
+		{sliceF.Discovery().V1().EndpointSlices().Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { t.UpdateSlice(obj.(*discovery.EndpointSlice)) },
+			UpdateFunc: func(_, obj any) { t.UpdateSlice(obj.(*discovery.EndpointSlice)) },
+			DeleteFunc: func(obj any) {
+				if ns, name, ok := deletedKey(obj); ok {
+					t.DeleteSlice(ns, name)
+				}
+			},
+		}},
+		{nodeF.Core().V1().Nodes().Informer(), cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { t.UpdateNode(obj.(*v1.Node)) },
+			UpdateFunc: func(_, obj any) { t.UpdateNode(obj.(*v1.Node)) },
+			DeleteFunc: func(obj any) {
+				if _, name, ok := deletedKey(obj); ok {
+					t.DeleteNode(name)
+				}
+			},
+		}},
+	}
+	for _, h := range handlers {
+		if err := h.inf.SetWatchErrorHandlerWithContext(w.watchError); err != nil {
+			return nil, fmt.Errorf("watch: set error handler: %w", err)
+		}
+		reg, err := h.inf.AddEventHandler(h.h)
+		if err != nil {
+			return nil, fmt.Errorf("watch: add handler: %w", err)
+		}
+		w.synced = append(w.synced, reg.HasSynced)
+	}
+	return w, nil
+}
+
+// Start runs the informers until ctx ends. They list, watch and retry with
+// backoff on their own; an unreachable API server only delays HasSynced.
+func (w *Watcher) Start(ctx context.Context) {
+	for _, f := range w.factories {
+		f.Start(ctx.Done())
+	}
+}
+
+// Shutdown waits for the informers' goroutines after ctx has ended.
+func (w *Watcher) Shutdown() {
+	for _, f := range w.factories {
+		f.Shutdown()
+	}
+}
+
+// HasSynced reports whether Services, EndpointSlices and Nodes have all been
+// listed and delivered to the Tracker.
+func (w *Watcher) HasSynced() bool {
+	for _, s := range w.synced {
+		if !s() {
+			return false
+		}
+	}
+	return true
+}
+
+// deletedKey returns namespace and name of a deleted object, which may come
+// wrapped in a tombstone when a watch missed the delete.
+func deletedKey(obj any) (string, string, bool) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	m, ok := obj.(metav1.Object)
+	if !ok {
+		return "", "", false
+	}
+	return m.GetNamespace(), m.GetName(), true
+}
+
+// StripUnused is the informers' transform: it drops what the agent never
+// reads (managed fields, most annotations, node images and conditions) so
+// memory stays flat in large clusters.
+func StripUnused(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *v1.Service:
+		o.ManagedFields = nil
+		o.Annotations = nil
+		o.Status = v1.ServiceStatus{}
+	case *discovery.EndpointSlice:
+		o.ManagedFields = nil
+		if t, ok := o.Annotations[AnnotationTriggerTime]; ok {
+			o.Annotations = map[string]string{AnnotationTriggerTime: t}
+		} else {
+			o.Annotations = nil
+		}
+		o.OwnerReferences = nil
+		for i := range o.Endpoints {
+			o.Endpoints[i].TargetRef = nil
+			o.Endpoints[i].DeprecatedTopology = nil
+		}
+	case *v1.Node:
+		o.ManagedFields = nil
+		o.Annotations = nil
+		o.Status = v1.NodeStatus{Addresses: o.Status.Addresses}
+		o.Spec = v1.NodeSpec{PodCIDR: o.Spec.PodCIDR, PodCIDRs: o.Spec.PodCIDRs}
+	}
+	return obj, nil
+}

@@ -1,0 +1,241 @@
+package cluster
+
+import (
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+)
+
+// Tracker records what changed and builds snapshots. Event handlers only
+// record (cheap, under a short lock); the work of joining Services with their
+// slices happens in Snapshot, once per sync, and only for Services that
+// changed since the previous snapshot.
+type Tracker struct {
+	proxyName  string
+	namespaces map[string]bool // nil: all
+	now        func() time.Time
+
+	mu         sync.Mutex
+	services   map[ServiceKey]*serviceInfo
+	slices     map[ServiceKey]map[string]*sliceInfo
+	sliceOwner map[sliceRef]ServiceKey
+	nodes      map[string]*Node
+	built      map[ServiceKey]*Service
+	dirty      map[ServiceKey]struct{}
+	nodesDirty bool
+	last       *Snapshot
+	onChange   func()
+}
+
+type sliceRef struct{ namespace, name string }
+
+// TrackerOptions scope what a Tracker keeps.
+type TrackerOptions struct {
+	// Namespaces limits Services to these namespaces (empty: all).
+	Namespaces []string
+	// ServiceProxyName is the agent's service-proxy-name.
+	ServiceProxyName string
+	// OnChange is called (without locks held) after each recorded change.
+	OnChange func()
+}
+
+// NewTracker returns an empty Tracker.
+func NewTracker(o TrackerOptions) *Tracker {
+	t := &Tracker{
+		proxyName:  o.ServiceProxyName,
+		now:        time.Now,
+		services:   map[ServiceKey]*serviceInfo{},
+		slices:     map[ServiceKey]map[string]*sliceInfo{},
+		sliceOwner: map[sliceRef]ServiceKey{},
+		nodes:      map[string]*Node{},
+		built:      map[ServiceKey]*Service{},
+		dirty:      map[ServiceKey]struct{}{},
+		onChange:   o.OnChange,
+	}
+	if len(o.Namespaces) > 0 {
+		t.namespaces = map[string]bool{}
+		for _, ns := range o.Namespaces {
+			t.namespaces[ns] = true
+		}
+	}
+	return t
+}
+
+func (t *Tracker) inScope(ns string) bool { return t.namespaces == nil || t.namespaces[ns] }
+
+func (t *Tracker) changed() {
+	if t.onChange != nil {
+		t.onChange()
+	}
+}
+
+// UpdateService records a Service added or updated.
+func (t *Tracker) UpdateService(s *v1.Service) {
+	if !t.inScope(s.Namespace) {
+		return
+	}
+	si := convertService(s, t.proxyName)
+	t.mu.Lock()
+	t.services[si.key] = si
+	t.dirty[si.key] = struct{}{}
+	t.mu.Unlock()
+	t.changed()
+}
+
+// DeleteService records a Service removed.
+func (t *Tracker) DeleteService(namespace, name string) {
+	key := ServiceKey{Namespace: namespace, Name: name}
+	t.mu.Lock()
+	_, had := t.services[key]
+	delete(t.services, key)
+	if had {
+		t.dirty[key] = struct{}{}
+	}
+	t.mu.Unlock()
+	if had {
+		t.changed()
+	}
+}
+
+// UpdateSlice records an EndpointSlice added or updated.
+func (t *Tracker) UpdateSlice(es *discovery.EndpointSlice) {
+	if !t.inScope(es.Namespace) {
+		return
+	}
+	si := convertSlice(es)
+	ref := sliceRef{es.Namespace, es.Name}
+	t.mu.Lock()
+	t.forgetSliceLocked(ref)
+	if si != nil {
+		if t.slices[si.service] == nil {
+			t.slices[si.service] = map[string]*sliceInfo{}
+		}
+		t.slices[si.service][si.name] = si
+		t.sliceOwner[ref] = si.service
+		t.dirty[si.service] = struct{}{}
+	}
+	t.mu.Unlock()
+	t.changed()
+}
+
+// DeleteSlice records an EndpointSlice removed.
+func (t *Tracker) DeleteSlice(namespace, name string) {
+	t.mu.Lock()
+	had := t.forgetSliceLocked(sliceRef{namespace, name})
+	t.mu.Unlock()
+	if had {
+		t.changed()
+	}
+}
+
+// forgetSliceLocked drops a slice from the Service it belonged to (its
+// service-name label may have changed since).
+func (t *Tracker) forgetSliceLocked(ref sliceRef) bool {
+	owner, ok := t.sliceOwner[ref]
+	if !ok {
+		return false
+	}
+	delete(t.sliceOwner, ref)
+	delete(t.slices[owner], ref.name)
+	if len(t.slices[owner]) == 0 {
+		delete(t.slices, owner)
+	}
+	t.dirty[owner] = struct{}{}
+	return true
+}
+
+// UpdateNode records a Node added or updated.
+func (t *Tracker) UpdateNode(n *v1.Node) {
+	node := convertNode(n)
+	t.mu.Lock()
+	t.nodes[node.Name] = node
+	t.nodesDirty = true
+	t.mu.Unlock()
+	t.changed()
+}
+
+// DeleteNode records a Node removed.
+func (t *Tracker) DeleteNode(name string) {
+	t.mu.Lock()
+	_, had := t.nodes[name]
+	delete(t.nodes, name)
+	t.nodesDirty = t.nodesDirty || had
+	t.mu.Unlock()
+	if had {
+		t.changed()
+	}
+}
+
+// Counts reports how many objects the tracker holds.
+func (t *Tracker) Counts() (services, slices, nodes int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.services), len(t.sliceOwner), len(t.nodes)
+}
+
+// Snapshot returns the current view. When nothing changed since the last call
+// it returns the same snapshot; otherwise it rebuilds only the changed
+// Services and returns a new one with a higher Version.
+func (t *Tracker) Snapshot() *Snapshot {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.last != nil && len(t.dirty) == 0 && !t.nodesDirty {
+		return t.last
+	}
+	first := t.last == nil
+	var changed []ServiceKey
+	for key := range t.dirty {
+		si, ok := t.services[key]
+		if !ok {
+			if _, was := t.built[key]; was {
+				delete(t.built, key)
+				changed = append(changed, key)
+			}
+			continue
+		}
+		t.built[key] = buildService(si, t.slices[key])
+		changed = append(changed, key)
+	}
+	clear(t.dirty)
+	if first {
+		changed = slices.Collect(maps.Keys(t.built))
+	}
+	slices.SortFunc(changed, func(a, b ServiceKey) int {
+		if a.Namespace != b.Namespace {
+			if a.Namespace < b.Namespace {
+				return -1
+			}
+			return 1
+		}
+		switch {
+		case a.Name < b.Name:
+			return -1
+		case a.Name > b.Name:
+			return 1
+		}
+		return 0
+	})
+	nodes := map[string]*Node{}
+	if t.last != nil && !t.nodesDirty {
+		nodes = t.last.Nodes
+	} else {
+		maps.Copy(nodes, t.nodes)
+	}
+	t.nodesDirty = false
+	var version uint64 = 1
+	if t.last != nil {
+		version = t.last.Version + 1
+	}
+	t.last = &Snapshot{
+		Version:  version,
+		Time:     t.now(),
+		Services: maps.Clone(t.built),
+		Nodes:    nodes,
+		Changed:  changed,
+	}
+	return t.last
+}

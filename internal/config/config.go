@@ -1,0 +1,333 @@
+// Package config holds bridge-agent's configuration: one versioned YAML
+// document (apiVersion + kind, like KubeProxyConfiguration), its defaults, and
+// validation that reports every bad field at once, each by its YAML path.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"sigs.k8s.io/yaml"
+)
+
+// APIVersion and Kind identify the configuration document.
+const (
+	APIVersion = "bridge-agent.io/v1alpha1"
+	Kind       = "AgentConfiguration"
+)
+
+// DefaultPath is where packages install the configuration file.
+const DefaultPath = "/etc/bridge-agent/config.yaml"
+
+// Config is the whole agent configuration. Field comments are the user-facing
+// documentation; the YAML names are the json tags.
+type Config struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+
+	// Kubeconfig is the path of a kubeconfig file for the cluster. Either it or
+	// APIServer.URL must be set.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// APIServer connects with a bearer token instead of a kubeconfig.
+	APIServer APIServer `json:"apiServer,omitempty"`
+
+	// ClusterDomain is the cluster's DNS domain (default cluster.local).
+	ClusterDomain string `json:"clusterDomain,omitempty"`
+	// ServiceCIDRs are the cluster's Service IP ranges, used to scope rules and
+	// routes. Empty means "learn them from the cluster where it says".
+	ServiceCIDRs []string `json:"serviceCIDRs,omitempty"`
+
+	// HostRoot prefixes every host file the agent reads or writes (resolver
+	// configuration, state, the status socket). Default "/".
+	HostRoot string `json:"hostRoot,omitempty"`
+	// StateDir keeps the agent's state, relative to HostRoot.
+	StateDir string `json:"stateDir,omitempty"`
+	// StatusSocket is the local-only unix socket that `bridge-agent status`
+	// reads, relative to HostRoot.
+	StatusSocket string `json:"statusSocket,omitempty"`
+
+	// HealthzBindAddress serves /healthz and /readyz ("" disables).
+	HealthzBindAddress string `json:"healthzBindAddress,omitempty"`
+	// MetricsBindAddress serves Prometheus /metrics ("" disables).
+	MetricsBindAddress string `json:"metricsBindAddress,omitempty"`
+
+	// Scope limits which Services the agent handles.
+	Scope Scope `json:"scope,omitempty"`
+
+	Proxy   Proxy   `json:"proxy,omitempty"`
+	DNS     DNS     `json:"dns,omitempty"`
+	Logging Logging `json:"logging,omitempty"`
+}
+
+// APIServer is a token-based connection to the cluster.
+type APIServer struct {
+	// URL of the API server, e.g. https://10.0.0.1:6443.
+	URL string `json:"url,omitempty"`
+	// TokenFile holds a bearer token (re-read when it changes).
+	TokenFile string `json:"tokenFile,omitempty"`
+	// CAFile is the PEM bundle that signs the API server's certificate.
+	CAFile string `json:"caFile,omitempty"`
+}
+
+// Scope selects the Services the agent handles.
+type Scope struct {
+	// Namespaces, when not empty, limits the agent to these namespaces.
+	Namespaces []string `json:"namespaces,omitempty"`
+	// LabelSelector, when set, limits the agent to matching Services.
+	LabelSelector string `json:"labelSelector,omitempty"`
+	// ServiceProxyName is this agent's name for the well-known label
+	// service.kubernetes.io/service-proxy-name: Services carrying that label
+	// are proxied only when it equals this name (empty: never).
+	ServiceProxyName string `json:"serviceProxyName,omitempty"`
+}
+
+// Proxy configures the ClusterIP proxy.
+type Proxy struct {
+	// MinSyncPeriod is the least time between two syncs; changes arriving
+	// faster are batched (default 1s).
+	MinSyncPeriod metav1.Duration `json:"minSyncPeriod,omitempty"`
+	// SyncPeriod is the period of full resyncs (default 30s).
+	SyncPeriod metav1.Duration `json:"syncPeriod,omitempty"`
+}
+
+// DNS configures the local DNS stub.
+type DNS struct {
+	// ListenAddress is ip:port of the stub. It must be a local address; the
+	// default 127.0.0.77:53 stays clear of systemd-resolved's 127.0.0.53/54.
+	ListenAddress string `json:"listenAddress,omitempty"`
+}
+
+// Logging configures the log stream.
+type Logging struct {
+	// Format is "text" or "json" (default text).
+	Format string `json:"format,omitempty"`
+	// Verbosity: 0 sync summaries, 2 per object, 4 dumps (default 0).
+	Verbosity int `json:"verbosity,omitempty"`
+}
+
+// Default returns the configuration used for every field a file leaves out.
+func Default() *Config {
+	return &Config{
+		APIVersion:         APIVersion,
+		Kind:               Kind,
+		ClusterDomain:      "cluster.local",
+		HostRoot:           "/",
+		StateDir:           "/var/lib/bridge-agent",
+		StatusSocket:       "/run/bridge-agent/status.sock",
+		HealthzBindAddress: "127.0.0.1:10356",
+		MetricsBindAddress: "127.0.0.1:10357",
+		Proxy: Proxy{
+			MinSyncPeriod: metav1.Duration{Duration: time.Second},
+			SyncPeriod:    metav1.Duration{Duration: 30 * time.Second},
+		},
+		DNS:     DNS{ListenAddress: "127.0.0.77:53"},
+		Logging: Logging{Format: "text"},
+	}
+}
+
+// Parse reads a configuration document over the defaults. Unknown fields are
+// errors, so a typo never silently falls back to a default.
+func Parse(data []byte) (*Config, error) {
+	c := Default()
+	if err := yaml.UnmarshalStrict(data, c); err != nil {
+		return nil, fmt.Errorf("parse config: %w", err)
+	}
+	return c, nil
+}
+
+// Load reads and parses the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load config: %w", err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// FieldError is one invalid field, named by its YAML path.
+type FieldError struct {
+	Field  string
+	Value  any
+	Reason string
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("%s: invalid value %v: %s", e.Field, e.Value, e.Reason)
+}
+
+// ValidationError lists every invalid field of a configuration.
+type ValidationError []*FieldError
+
+func (v ValidationError) Error() string {
+	parts := make([]string, len(v))
+	for i, e := range v {
+		parts[i] = e.Error()
+	}
+	return "invalid config: " + strings.Join(parts, "; ")
+}
+
+// Fields returns the paths of the invalid fields, in the order found.
+func (v ValidationError) Fields() []string {
+	out := make([]string, len(v))
+	for i, e := range v {
+		out[i] = e.Field
+	}
+	return out
+}
+
+// Validate checks every field and returns a ValidationError naming all bad
+// ones, or nil.
+func (c *Config) Validate() error {
+	var errs ValidationError
+	bad := func(field string, value any, reason string) {
+		errs = append(errs, &FieldError{Field: field, Value: value, Reason: reason})
+	}
+	if c.APIVersion != APIVersion {
+		bad("apiVersion", quote(c.APIVersion), "must be "+APIVersion)
+	}
+	if c.Kind != Kind {
+		bad("kind", quote(c.Kind), "must be "+Kind)
+	}
+	switch {
+	case c.Kubeconfig == "" && c.APIServer.URL == "":
+		bad("kubeconfig", quote(""), "one of kubeconfig or apiServer.url is required")
+	case c.Kubeconfig != "" && c.APIServer.URL != "":
+		bad("apiServer.url", quote(c.APIServer.URL), "kubeconfig and apiServer.url are mutually exclusive")
+	case c.APIServer.URL != "":
+		if !strings.HasPrefix(c.APIServer.URL, "https://") {
+			bad("apiServer.url", quote(c.APIServer.URL), "must be an https:// URL")
+		}
+		if c.APIServer.TokenFile == "" {
+			bad("apiServer.tokenFile", quote(""), "required with apiServer.url")
+		}
+	}
+	if !isDomain(c.ClusterDomain) {
+		bad("clusterDomain", quote(c.ClusterDomain), "must be a DNS domain such as cluster.local")
+	}
+	for i, s := range c.ServiceCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil || p.Masked() != p {
+			bad(fmt.Sprintf("serviceCIDRs[%d]", i), quote(s), "must be a CIDR such as 10.96.0.0/12 with no host bits")
+		}
+	}
+	if !filepath.IsAbs(c.HostRoot) {
+		bad("hostRoot", quote(c.HostRoot), "must be an absolute path")
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		bad("stateDir", quote(c.StateDir), "must be an absolute path (it is taken inside hostRoot)")
+	}
+	if !filepath.IsAbs(c.StatusSocket) {
+		bad("statusSocket", quote(c.StatusSocket), "must be an absolute path (it is taken inside hostRoot)")
+	}
+	for _, f := range []struct{ name, value string }{
+		{"healthzBindAddress", c.HealthzBindAddress},
+		{"metricsBindAddress", c.MetricsBindAddress},
+	} {
+		if f.value == "" {
+			continue
+		}
+		if err := checkLocalAddrPort(f.value, false); err != nil {
+			bad(f.name, quote(f.value), err.Error())
+		}
+	}
+	if err := checkLocalAddrPort(c.DNS.ListenAddress, true); err != nil {
+		bad("dns.listenAddress", quote(c.DNS.ListenAddress), err.Error())
+	}
+	for i, ns := range c.Scope.Namespaces {
+		if !isLabel(ns) {
+			bad(fmt.Sprintf("scope.namespaces[%d]", i), quote(ns), "must be a namespace name")
+		}
+	}
+	if c.Scope.LabelSelector != "" {
+		if _, err := labels.Parse(c.Scope.LabelSelector); err != nil {
+			bad("scope.labelSelector", quote(c.Scope.LabelSelector), err.Error())
+		}
+	}
+	if c.Proxy.MinSyncPeriod.Duration < 0 {
+		bad("proxy.minSyncPeriod", c.Proxy.MinSyncPeriod.Duration, "must not be negative")
+	}
+	if c.Proxy.SyncPeriod.Duration <= 0 {
+		bad("proxy.syncPeriod", c.Proxy.SyncPeriod.Duration, "must be greater than zero")
+	} else if c.Proxy.SyncPeriod.Duration < c.Proxy.MinSyncPeriod.Duration {
+		bad("proxy.syncPeriod", c.Proxy.SyncPeriod.Duration, "must not be less than proxy.minSyncPeriod")
+	}
+	if c.Logging.Format != "text" && c.Logging.Format != "json" {
+		bad("logging.format", quote(c.Logging.Format), `must be "text" or "json"`)
+	}
+	if c.Logging.Verbosity < 0 || c.Logging.Verbosity > 10 {
+		bad("logging.verbosity", c.Logging.Verbosity, "must be between 0 and 10")
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+// HostPath returns p inside HostRoot.
+func (c *Config) HostPath(p string) string {
+	return filepath.Join(c.HostRoot, p)
+}
+
+// checkLocalAddrPort accepts ip:port with a literal IP. With loopbackOnly the
+// IP must be a loopback address; otherwise the unspecified address is refused
+// too, so the agent never opens a listener on all addresses by default.
+func checkLocalAddrPort(s string, loopbackOnly bool) error {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		host, _, splitErr := net.SplitHostPort(s)
+		if splitErr == nil && host != "" && net.ParseIP(host) == nil {
+			return errors.New("must use a literal IP address, not a host name")
+		}
+		return errors.New("must be ip:port, e.g. 127.0.0.1:10356")
+	}
+	if ap.Port() == 0 {
+		return errors.New("port must not be 0")
+	}
+	if ap.Addr().IsUnspecified() {
+		return errors.New("must not listen on all addresses; name one local address")
+	}
+	if loopbackOnly && !ap.Addr().IsLoopback() {
+		return errors.New("must be a loopback address")
+	}
+	return nil
+}
+
+func isDomain(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(s, ".") {
+		if !isLabel(l) {
+			return false
+		}
+	}
+	return true
+}
+
+// isLabel reports whether s is an RFC 1123 label.
+func isLabel(s string) bool {
+	if s == "" || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func quote(s string) string { return fmt.Sprintf("%q", s) }

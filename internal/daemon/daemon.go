@@ -1,0 +1,365 @@
+// Package daemon is the agent's run loop: it watches the cluster, builds a
+// snapshot on every coalesced sync, hands it to each consumer (proxy, routes,
+// DNS) and serves health, metrics and status. It never exits on a sync or API
+// error: it logs, counts, reports not-ready and retries.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/bridge-agent/bridge-agent/internal/cluster"
+	"github.com/bridge-agent/bridge-agent/internal/config"
+)
+
+// Consumer turns a snapshot into host state. Sync is called with the whole
+// snapshot every time (level-triggered) and must be idempotent; it is also
+// called periodically with an unchanged snapshot so a consumer can verify and
+// repair what it owns.
+type Consumer interface {
+	Name() string
+	Sync(ctx context.Context, snap *cluster.Snapshot) error
+}
+
+// Options are what Run needs.
+type Options struct {
+	Config    *config.Config
+	Client    kubernetes.Interface
+	APIHost   string
+	Logger    *slog.Logger
+	Version   string
+	Consumers []Consumer
+}
+
+// Daemon is one running agent.
+type Daemon struct {
+	cfg       *config.Config
+	log       *slog.Logger
+	version   string
+	apiHost   string
+	consumers []Consumer
+	tracker   *cluster.Tracker
+	watcher   *cluster.Watcher
+	runner    *Runner
+	metrics   *metrics
+	notify    *notifier
+	start     time.Time
+
+	mu          sync.Mutex
+	snap        *cluster.Snapshot
+	ready       bool
+	lastSync    SyncInfo
+	lastSuccess time.Time
+	consumerSt  map[string]*ConsumerState
+}
+
+// New wires a Daemon; Run starts it.
+func New(o Options) (*Daemon, error) {
+	d := &Daemon{
+		cfg:        o.Config,
+		log:        o.Logger,
+		version:    o.Version,
+		apiHost:    o.APIHost,
+		consumers:  o.Consumers,
+		notify:     newNotifier(),
+		start:      time.Now(),
+		consumerSt: map[string]*ConsumerState{},
+	}
+	for _, c := range d.consumers {
+		d.consumerSt[c.Name()] = &ConsumerState{Name: c.Name()}
+	}
+	d.runner = NewRunner(d.sync, o.Config.Proxy.MinSyncPeriod.Duration, o.Config.Proxy.SyncPeriod.Duration)
+	d.tracker = cluster.NewTracker(cluster.TrackerOptions{
+		Namespaces:       o.Config.Scope.Namespaces,
+		ServiceProxyName: o.Config.Scope.ServiceProxyName,
+		OnChange:         d.runner.Poke,
+	})
+	w, err := cluster.NewWatcher(o.Client, d.tracker, cluster.WatchOptions{
+		Namespaces:    o.Config.Scope.Namespaces,
+		LabelSelector: o.Config.Scope.LabelSelector,
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.watcher = w
+	d.metrics = newMetrics(o.Version, d.tracker.Counts)
+	return d, nil
+}
+
+// Run runs until ctx ends. It returns an error only when it cannot start
+// (a listener cannot be opened); everything after that is retried.
+func (d *Daemon) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	servers, err := d.listen()
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	for _, s := range servers {
+		wg.Go(func() {
+			if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				d.log.Error("server stopped", "addr", s.ln.Addr().String(), "err", err)
+			}
+		})
+	}
+
+	d.log.Info("starting", "version", d.version, "apiServer", d.apiHost)
+	d.watcher.Start(ctx)
+	wg.Go(func() { d.waitForSync(ctx) })
+	wg.Go(func() { d.runner.Run(ctx) })
+	if iv := watchdogInterval(); iv > 0 {
+		wg.Go(func() { d.watchdog(ctx, iv) })
+	}
+
+	<-ctx.Done()
+	d.log.Info("shutting down")
+	_ = d.notify.send("STOPPING=1")
+	shutdownCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
+	defer done()
+	for _, s := range servers {
+		_ = s.srv.Shutdown(shutdownCtx)
+	}
+	wg.Wait()
+	d.watcher.Shutdown()
+	if sock := d.cfg.HostPath(d.cfg.StatusSocket); sock != "" {
+		_ = os.Remove(sock)
+	}
+	return nil
+}
+
+// waitForSync pokes the first sync once every informer has listed. Until
+// then no consumer runs: programming a half-listed cluster would drop
+// traffic to the Services not listed yet.
+func (d *Daemon) waitForSync(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	logged := time.Now()
+	for !d.watcher.HasSynced() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if time.Since(logged) > 30*time.Second {
+			logged = time.Now()
+			err, _ := d.watcher.LastError()
+			d.log.Warn("still waiting for the API server", "apiServer", d.apiHost, "lastError", errString(err))
+		}
+	}
+	d.log.Info("informers synced")
+	d.runner.Poke()
+}
+
+func (d *Daemon) sync(ctx context.Context) error {
+	if !d.watcher.HasSynced() {
+		return nil
+	}
+	start := time.Now()
+	snap := d.tracker.Snapshot()
+	var errs []error
+	for _, c := range d.consumers {
+		cstart := time.Now()
+		err := c.Sync(ctx, snap)
+		d.metrics.syncDuration.WithLabelValues(c.Name()).Observe(time.Since(cstart).Seconds())
+		d.mu.Lock()
+		st := d.consumerSt[c.Name()]
+		if err != nil {
+			st.LastError = err.Error()
+			errs = append(errs, fmt.Errorf("%s: %w", c.Name(), err))
+			d.metrics.syncs.WithLabelValues(c.Name(), "error").Inc()
+		} else {
+			st.LastError, st.LastSync = "", time.Now()
+			d.metrics.syncs.WithLabelValues(c.Name(), "success").Inc()
+		}
+		d.mu.Unlock()
+	}
+	err := errors.Join(errs...)
+	elapsed := time.Since(start)
+	d.metrics.syncDuration.WithLabelValues("all").Observe(elapsed.Seconds())
+	d.metrics.services.Set(float64(len(snap.Services)))
+	d.metrics.endpoints.Set(float64(snap.EndpointCount()))
+
+	d.mu.Lock()
+	first := !d.ready && err == nil
+	d.snap = snap
+	d.lastSync = SyncInfo{Time: start, Duration: elapsed, SnapshotVersion: snap.Version, Error: errString(err), Count: d.lastSync.Count + 1}
+	if err == nil {
+		d.ready = true
+		d.lastSuccess = time.Now()
+	}
+	d.mu.Unlock()
+
+	if err != nil {
+		d.metrics.syncs.WithLabelValues("all", "error").Inc()
+		d.log.Error("sync failed; will retry", "snapshot", snap.Version, "err", err)
+		return err
+	}
+	d.watcher.ClearError()
+	d.metrics.syncs.WithLabelValues("all", "success").Inc()
+	d.metrics.lastSuccess.SetToCurrentTime()
+	d.log.Log(ctx, levelFor(len(snap.Changed) > 0), "synced", "snapshot", snap.Version, "services", len(snap.Services),
+		"changed", len(snap.Changed), "endpoints", snap.EndpointCount(), "nodes", len(snap.Nodes), "took", elapsed)
+	if first {
+		d.metrics.ready.Set(1)
+		d.log.Info("ready: first full sync done", "services", len(snap.Services), "took", time.Since(d.start).Round(time.Millisecond))
+		if err := d.notify.send("READY=1"); err != nil {
+			d.log.Warn("sd_notify failed", "err", err)
+		}
+	}
+	return nil
+}
+
+// levelFor keeps no-op periodic syncs out of the default log.
+func levelFor(changed bool) slog.Level {
+	if changed {
+		return slog.LevelInfo
+	}
+	return slog.LevelDebug
+}
+
+// healthy reports whether the sync loop keeps up: no change has waited for
+// longer than two resync periods (plus the minimum interval).
+func (d *Daemon) healthy() (bool, string) {
+	pending := d.runner.PendingSince()
+	limit := 2*d.cfg.Proxy.SyncPeriod.Duration + d.cfg.Proxy.MinSyncPeriod.Duration
+	if !pending.IsZero() && time.Since(pending) > limit && d.watcher.HasSynced() {
+		return false, fmt.Sprintf("a change has waited %s for a sync (limit %s)", time.Since(pending).Round(time.Second), limit)
+	}
+	return true, "ok"
+}
+
+func (d *Daemon) watchdog(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if ok, _ := d.healthy(); ok {
+				_ = d.notify.send("WATCHDOG=1")
+			}
+		}
+	}
+}
+
+// Status returns the agent's current status.
+func (d *Daemon) Status() *Status {
+	d.mu.Lock()
+	st := &Status{
+		Version:     d.version,
+		PID:         os.Getpid(),
+		StartTime:   d.start,
+		Ready:       d.ready,
+		LastSync:    d.lastSync,
+		LastSuccess: d.lastSuccess,
+	}
+	for _, c := range d.consumers {
+		st.Consumers = append(st.Consumers, *d.consumerSt[c.Name()])
+	}
+	snap := d.snap
+	d.mu.Unlock()
+	st.Synced = d.watcher.HasSynced()
+	st.APIServer.Host = d.apiHost
+	if err, at := d.watcher.LastError(); err != nil {
+		st.APIServer.LastError, st.APIServer.LastErrorTime = err.Error(), at
+	}
+	st.Snapshot.Services = []*cluster.Service{}
+	st.Snapshot.Nodes = []*cluster.Node{}
+	if snap != nil {
+		st.Snapshot.Version, st.Snapshot.Time = snap.Version, snap.Time
+		st.Snapshot.Services = snap.SortedServices()
+		st.Snapshot.Nodes = snap.SortedNodes()
+		st.Snapshot.Endpoints = snap.EndpointCount()
+	}
+	return st
+}
+
+type server struct {
+	srv *http.Server
+	ln  net.Listener
+}
+
+// listen opens the health, metrics and status listeners; the health and
+// metrics ones may share an address.
+func (d *Daemon) listen() ([]server, error) {
+	muxes := map[string]*http.ServeMux{}
+	mux := func(addr string) *http.ServeMux {
+		if muxes[addr] == nil {
+			muxes[addr] = http.NewServeMux()
+		}
+		return muxes[addr]
+	}
+	if a := d.cfg.HealthzBindAddress; a != "" {
+		mux(a).HandleFunc("/healthz", d.serveHealthz)
+		mux(a).HandleFunc("/readyz", d.serveReadyz)
+	}
+	if a := d.cfg.MetricsBindAddress; a != "" {
+		mux(a).Handle("/metrics", promhttp.HandlerFor(d.metrics.registry, promhttp.HandlerOpts{}))
+	}
+	var out []server
+	closeAll := func() {
+		for _, s := range out {
+			s.ln.Close()
+		}
+	}
+	for addr, m := range muxes {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("listen %s: %w", addr, err)
+		}
+		out = append(out, server{srv: &http.Server{Handler: m, ReadHeaderTimeout: 5 * time.Second}, ln: ln})
+	}
+	ln, err := listenUnix(d.cfg.HostPath(d.cfg.StatusSocket))
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	sm := http.NewServeMux()
+	sm.HandleFunc("/status", d.serveStatus)
+	sm.HandleFunc("/healthz", d.serveHealthz)
+	sm.HandleFunc("/readyz", d.serveReadyz)
+	out = append(out, server{srv: &http.Server{Handler: sm, ReadHeaderTimeout: 5 * time.Second}, ln: ln})
+	return out, nil
+}
+
+// listenUnix opens the status socket, replacing a stale one left by a
+// previous run. Only root may connect.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("status socket: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("status socket: %w", err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("status socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("status socket: %w", err)
+	}
+	return ln, nil
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

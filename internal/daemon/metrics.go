@@ -1,0 +1,75 @@
+package daemon
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the agent's Prometheus metrics, in a private registry.
+type metrics struct {
+	registry     *prometheus.Registry
+	syncs        *prometheus.CounterVec
+	syncDuration *prometheus.HistogramVec
+	lastSuccess  prometheus.Gauge
+	ready        prometheus.Gauge
+	services     prometheus.Gauge
+	endpoints    prometheus.Gauge
+}
+
+func newMetrics(version string, objects func() (services, slices, nodes int)) *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		syncs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_agent_syncs_total",
+			Help: "Syncs by consumer (proxy, routes, dns, ...) and result (success or error).",
+		}, []string{"consumer", "result"}),
+		syncDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "bridge_agent_sync_duration_seconds",
+			Help:    "Duration of one sync by consumer; consumer=\"all\" is the whole sync including the snapshot.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"consumer"}),
+		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bridge_agent_last_successful_sync_timestamp_seconds",
+			Help: "Unix time of the last sync in which every consumer succeeded.",
+		}),
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bridge_agent_ready",
+			Help: "1 once the first full sync has completed.",
+		}),
+		services: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bridge_agent_snapshot_services",
+			Help: "Services in the current snapshot.",
+		}),
+		endpoints: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bridge_agent_snapshot_endpoints",
+			Help: "Endpoints (per Service port) in the current snapshot.",
+		}),
+	}
+	watched := prometheus.NewDesc("bridge_agent_watched_objects", "API objects held by the agent's informers, by kind.", []string{"kind"}, nil)
+	m.registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.syncs, m.syncDuration, m.lastSuccess, m.ready, m.services, m.endpoints,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "bridge_agent_build_info",
+			Help:        "Always 1; the version label says which build runs.",
+			ConstLabels: prometheus.Labels{"version": version},
+		}, func() float64 { return 1 }),
+		collectorFunc{desc: watched, collect: func(ch chan<- prometheus.Metric) {
+			s, e, n := objects()
+			ch <- prometheus.MustNewConstMetric(watched, prometheus.GaugeValue, float64(s), "Service")
+			ch <- prometheus.MustNewConstMetric(watched, prometheus.GaugeValue, float64(e), "EndpointSlice")
+			ch <- prometheus.MustNewConstMetric(watched, prometheus.GaugeValue, float64(n), "Node")
+		}},
+	)
+	return m
+}
+
+// collectorFunc is a collector of metrics computed at scrape time.
+type collectorFunc struct {
+	desc    *prometheus.Desc
+	collect func(chan<- prometheus.Metric)
+}
+
+func (c collectorFunc) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c collectorFunc) Collect(ch chan<- prometheus.Metric) { c.collect(ch) }

@@ -1,0 +1,59 @@
+package daemon
+
+import (
+	"time"
+
+	"github.com/bridge-agent/bridge-agent/internal/cluster"
+)
+
+// Status is what `bridge-agent status` shows: the running agent's view of the
+// cluster and of its own health. It is served as JSON on the status socket.
+type Status struct {
+	Version   string    `json:"version"`
+	PID       int       `json:"pid"`
+	StartTime time.Time `json:"startTime"`
+	// Ready is true once the first full sync completed.
+	Ready bool `json:"ready"`
+	// Synced is true once Services, EndpointSlices and Nodes were all listed.
+	Synced    bool      `json:"synced"`
+	APIServer APIStatus `json:"apiServer"`
+	LastSync  SyncInfo  `json:"lastSync"`
+	// LastSuccess is when every consumer last synced without error.
+	LastSuccess time.Time       `json:"lastSuccess,omitzero"`
+	Consumers   []ConsumerState `json:"consumers,omitempty"`
+	Snapshot    SnapshotStatus  `json:"snapshot"`
+}
+
+// APIStatus tells how the agent's watch on the API server fares.
+type APIStatus struct {
+	Host string `json:"host"`
+	// LastError is the most recent list/watch error, if any since the last
+	// successful sync of the informers.
+	LastError     string    `json:"lastError,omitempty"`
+	LastErrorTime time.Time `json:"lastErrorTime,omitzero"`
+}
+
+// SyncInfo describes one sync.
+type SyncInfo struct {
+	Time            time.Time     `json:"time,omitzero"`
+	Duration        time.Duration `json:"duration"`
+	SnapshotVersion uint64        `json:"snapshotVersion"`
+	Error           string        `json:"error,omitempty"`
+	Count           uint64        `json:"count"`
+}
+
+// ConsumerState is the last result of one consumer (proxy, routes, dns, ...).
+type ConsumerState struct {
+	Name      string    `json:"name"`
+	LastSync  time.Time `json:"lastSync,omitzero"`
+	LastError string    `json:"lastError,omitempty"`
+}
+
+// SnapshotStatus is the snapshot as shown to users.
+type SnapshotStatus struct {
+	Version   uint64             `json:"version"`
+	Time      time.Time          `json:"time,omitzero"`
+	Services  []*cluster.Service `json:"services"`
+	Nodes     []*cluster.Node    `json:"nodes"`
+	Endpoints int                `json:"endpoints"`
+}
