@@ -1,0 +1,11 @@
+// Package deploy holds the cluster-side manifests that bridge-agent needs,
+// embedded so that tools and tests apply exactly the files shipped to admins.
+package deploy
+
+import _ "embed"
+
+// RBAC is the content of rbac.yaml: the bridge-agent Namespace, ServiceAccount,
+// read-only ClusterRole (services, nodes, endpointslices) and its binding.
+//
+//go:embed rbac.yaml
+var RBAC []byte

@@ -1,0 +1,191 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+const minimal = `
+apiVersion: bridge-agent.io/v1alpha1
+kind: AgentConfiguration
+kubeconfig: /etc/bridge-agent/kubeconfig
+`
+
+func TestParseDefaults(t *testing.T) {
+	c, err := Parse([]byte(minimal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("minimal config: %v", err)
+	}
+	want := Default()
+	want.Kubeconfig = "/etc/bridge-agent/kubeconfig"
+	if diff := cmp.Diff(want, c); diff != "" {
+		t.Errorf("defaults not applied (-want +got):\n%s", diff)
+	}
+	if c.Proxy.MinSyncPeriod.Duration != time.Second || c.ClusterDomain != "cluster.local" || c.HostRoot != "/" {
+		t.Errorf("unexpected defaults: %+v", c)
+	}
+}
+
+func TestParseFull(t *testing.T) {
+	c, err := Parse([]byte(minimal + `
+clusterDomain: corp.example
+serviceCIDRs: [10.96.0.0/16, "fd00:96::/112"]
+hostRoot: /tmp/root
+healthzBindAddress: 127.0.0.1:9000
+metricsBindAddress: "[::1]:9001"
+scope:
+  namespaces: [shop, billing]
+  labelSelector: "tier in (web,api)"
+  serviceProxyName: bridge
+proxy:
+  minSyncPeriod: 250ms
+  syncPeriod: 1m
+dns:
+  listenAddress: 127.0.0.78:5353
+logging:
+  format: json
+  verbosity: 4
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Proxy.MinSyncPeriod.Duration != 250*time.Millisecond || c.Proxy.SyncPeriod.Duration != time.Minute {
+		t.Errorf("durations: %v %v", c.Proxy.MinSyncPeriod, c.Proxy.SyncPeriod)
+	}
+	if !slices.Equal(c.Scope.Namespaces, []string{"shop", "billing"}) || c.DNS.ListenAddress != "127.0.0.78:5353" {
+		t.Errorf("fields: %+v", c)
+	}
+	if got := c.HostPath(c.StateDir); got != "/tmp/root/var/lib/bridge-agent" {
+		t.Errorf("HostPath = %q", got)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for name, doc := range map[string]string{
+		"unknown field":  minimal + "kubeconfg: /x\n",
+		"wrong type":     minimal + "proxy: {syncPeriod: [1]}\n",
+		"bad duration":   minimal + "proxy: {syncPeriod: soon}\n",
+		"not yaml":       "apiVersion: [\n",
+		"nested unknown": minimal + "dns: {listen: 127.0.0.1:53}\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := Parse([]byte(doc)); err == nil {
+				t.Fatal("want an error")
+			}
+		})
+	}
+}
+
+// TestValidateEachField breaks one field at a time and checks the error names
+// exactly that field.
+func TestValidateEachField(t *testing.T) {
+	for _, tc := range []struct {
+		field  string
+		mutate func(*Config)
+	}{
+		{"apiVersion", func(c *Config) { c.APIVersion = "v1" }},
+		{"kind", func(c *Config) { c.Kind = "KubeProxyConfiguration" }},
+		{"kubeconfig", func(c *Config) { c.Kubeconfig = "" }},
+		{"apiServer.url", func(c *Config) { c.APIServer = APIServer{URL: "https://x", TokenFile: "/t"} }},
+		{"apiServer.url", func(c *Config) { c.Kubeconfig = ""; c.APIServer = APIServer{URL: "http://x", TokenFile: "/t"} }},
+		{"apiServer.tokenFile", func(c *Config) { c.Kubeconfig = ""; c.APIServer = APIServer{URL: "https://x"} }},
+		{"clusterDomain", func(c *Config) { c.ClusterDomain = "Bad_Domain" }},
+		{"clusterDomain", func(c *Config) { c.ClusterDomain = "" }},
+		{"serviceCIDRs[1]", func(c *Config) { c.ServiceCIDRs = []string{"10.96.0.0/12", "10.96.0.1/12"} }},
+		{"serviceCIDRs[0]", func(c *Config) { c.ServiceCIDRs = []string{"nope"} }},
+		{"hostRoot", func(c *Config) { c.HostRoot = "relative" }},
+		{"stateDir", func(c *Config) { c.StateDir = "state" }},
+		{"statusSocket", func(c *Config) { c.StatusSocket = "s.sock" }},
+		{"healthzBindAddress", func(c *Config) { c.HealthzBindAddress = "0.0.0.0:10356" }},
+		{"healthzBindAddress", func(c *Config) { c.HealthzBindAddress = "localhost:10356" }},
+		{"metricsBindAddress", func(c *Config) { c.MetricsBindAddress = "127.0.0.1" }},
+		{"metricsBindAddress", func(c *Config) { c.MetricsBindAddress = "127.0.0.1:0" }},
+		{"dns.listenAddress", func(c *Config) { c.DNS.ListenAddress = "10.0.0.1:53" }},
+		{"dns.listenAddress", func(c *Config) { c.DNS.ListenAddress = "[::]:53" }},
+		{"scope.namespaces[0]", func(c *Config) { c.Scope.Namespaces = []string{"Shop"} }},
+		{"scope.labelSelector", func(c *Config) { c.Scope.LabelSelector = "a in (" }},
+		{"proxy.minSyncPeriod", func(c *Config) { c.Proxy.MinSyncPeriod.Duration = -time.Second }},
+		{"proxy.syncPeriod", func(c *Config) { c.Proxy.SyncPeriod.Duration = 0 }},
+		{"proxy.syncPeriod", func(c *Config) { c.Proxy.SyncPeriod.Duration = 100 * time.Millisecond }},
+		{"logging.format", func(c *Config) { c.Logging.Format = "xml" }},
+		{"logging.verbosity", func(c *Config) { c.Logging.Verbosity = 11 }},
+	} {
+		t.Run(tc.field, func(t *testing.T) {
+			c := Default()
+			c.Kubeconfig = "/k"
+			tc.mutate(c)
+			err := c.Validate()
+			var verr ValidationError
+			if !asValidation(err, &verr) {
+				t.Fatalf("want a ValidationError, got %v", err)
+			}
+			if got := verr.Fields(); !slices.Equal(got, []string{tc.field}) {
+				t.Errorf("fields = %v, want [%s] (%v)", got, tc.field, err)
+			}
+			if !strings.Contains(err.Error(), tc.field+":") {
+				t.Errorf("message does not name the field: %v", err)
+			}
+		})
+	}
+}
+
+func TestValidateReportsAllAtOnce(t *testing.T) {
+	c := Default()
+	c.ClusterDomain = "-"
+	c.Logging.Format = "yaml"
+	c.DNS.ListenAddress = "x"
+	err := c.Validate()
+	var verr ValidationError
+	if !asValidation(err, &verr) {
+		t.Fatalf("got %v", err)
+	}
+	want := []string{"kubeconfig", "clusterDomain", "dns.listenAddress", "logging.format"}
+	if diff := cmp.Diff(want, verr.Fields()); diff != "" {
+		t.Errorf("fields (-want +got):\n%s", diff)
+	}
+}
+
+func TestLoadNamesFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(p, []byte("kind: [\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(p)
+	if err == nil || !strings.Contains(err.Error(), p) {
+		t.Errorf("error should name the file: %v", err)
+	}
+	if _, err := Load(filepath.Join(dir, "missing.yaml")); !os.IsNotExist(unwrapAll(err)) {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+func asValidation(err error, out *ValidationError) bool {
+	v, ok := err.(ValidationError)
+	if ok {
+		*out = v
+	}
+	return ok
+}
+
+func unwrapAll(err error) error {
+	for {
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			return err
+		}
+		err = u.Unwrap()
+	}
+}
