@@ -45,6 +45,15 @@ func (w *Watcher) watchError(ctx context.Context, r *cache.Reflector, err error)
 	cache.DefaultWatchErrorHandler(ctx, r, err)
 }
 
+// RecordError records an error reaching the API server found outside the
+// informers (they report some failures, such as a streaming list that
+// cannot connect, only in their logs).
+func (w *Watcher) RecordError(err error) {
+	w.mu.Lock()
+	w.lastErr, w.lastErrAt = err, time.Now()
+	w.mu.Unlock()
+}
+
 // LastError returns the most recent list/watch error and when it happened.
 func (w *Watcher) LastError() (error, time.Time) {
 	w.mu.Lock()

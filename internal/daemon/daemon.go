@@ -45,6 +45,7 @@ type Options struct {
 // Daemon is one running agent.
 type Daemon struct {
 	cfg       *config.Config
+	client    kubernetes.Interface
 	log       *slog.Logger
 	version   string
 	apiHost   string
@@ -68,6 +69,7 @@ type Daemon struct {
 func New(o Options) (*Daemon, error) {
 	d := &Daemon{
 		cfg:        o.Config,
+		client:     o.Client,
 		log:        o.Logger,
 		version:    o.Version,
 		apiHost:    o.APIHost,
@@ -142,25 +144,40 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 // waitForSync pokes the first sync once every informer has listed. Until
 // then no consumer runs: programming a half-listed cluster would drop
-// traffic to the Services not listed yet.
+// traffic to the Services not listed yet. While it waits it probes the API
+// server, so status and logs say why the agent is not ready.
 func (d *Daemon) waitForSync(ctx context.Context) {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
-	logged := time.Now()
+	var lastProbe, lastWarn time.Time
 	for !d.watcher.HasSynced() {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		if time.Since(logged) > 30*time.Second {
-			logged = time.Now()
-			err, _ := d.watcher.LastError()
-			d.log.Warn("still waiting for the API server", "apiServer", d.apiHost, "lastError", errString(err))
+		if time.Since(lastProbe) < 2*time.Second {
+			continue
+		}
+		lastProbe = time.Now()
+		if err := d.probeAPI(ctx); err != nil {
+			d.watcher.RecordError(err)
+			if time.Since(lastWarn) > 30*time.Second {
+				lastWarn = time.Now()
+				d.log.Warn("cannot reach the API server; retrying", "apiServer", d.apiHost, "err", err)
+			}
 		}
 	}
 	d.log.Info("informers synced")
 	d.runner.Poke()
+}
+
+// probeAPI asks the API server for its version: the cheapest request every
+// identity may make.
+func (d *Daemon) probeAPI(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return d.client.Discovery().RESTClient().Get().AbsPath("/version").Do(ctx).Error()
 }
 
 func (d *Daemon) sync(ctx context.Context) error {
@@ -194,6 +211,7 @@ func (d *Daemon) sync(ctx context.Context) error {
 
 	d.mu.Lock()
 	first := !d.ready && err == nil
+	fresh := d.snap != snap
 	d.snap = snap
 	d.lastSync = SyncInfo{Time: start, Duration: elapsed, SnapshotVersion: snap.Version, Error: errString(err), Count: d.lastSync.Count + 1}
 	if err == nil {
@@ -210,7 +228,7 @@ func (d *Daemon) sync(ctx context.Context) error {
 	d.watcher.ClearError()
 	d.metrics.syncs.WithLabelValues("all", "success").Inc()
 	d.metrics.lastSuccess.SetToCurrentTime()
-	d.log.Log(ctx, levelFor(len(snap.Changed) > 0), "synced", "snapshot", snap.Version, "services", len(snap.Services),
+	d.log.Log(ctx, levelFor(fresh), "synced", "snapshot", snap.Version, "services", len(snap.Services),
 		"changed", len(snap.Changed), "endpoints", snap.EndpointCount(), "nodes", len(snap.Nodes), "took", elapsed)
 	if first {
 		d.metrics.ready.Set(1)
@@ -222,9 +240,10 @@ func (d *Daemon) sync(ctx context.Context) error {
 	return nil
 }
 
-// levelFor keeps no-op periodic syncs out of the default log.
-func levelFor(changed bool) slog.Level {
-	if changed {
+// levelFor keeps periodic syncs of an unchanged snapshot out of the
+// default log.
+func levelFor(fresh bool) slog.Level {
+	if fresh {
 		return slog.LevelInfo
 	}
 	return slog.LevelDebug
