@@ -177,7 +177,13 @@ func (d *Daemon) waitForSync(ctx context.Context) {
 func (d *Daemon) probeAPI(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return d.client.Discovery().RESTClient().Get().AbsPath("/version").Do(ctx).Error()
+	disc := d.client.Discovery()
+	rc := disc.RESTClient()
+	if rc == nil { // clients without a REST transport (in-memory fakes)
+		_, err := disc.ServerVersion()
+		return err
+	}
+	return rc.Get().AbsPath("/version").Do(ctx).Error()
 }
 
 func (d *Daemon) sync(ctx context.Context) error {

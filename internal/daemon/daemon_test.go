@@ -1,0 +1,133 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/bridge-agent/bridge-agent/internal/cluster"
+	"github.com/bridge-agent/bridge-agent/internal/config"
+)
+
+// recordingConsumer models a consumer: it keeps the last snapshot it was
+// given and fails while failing is set.
+type recordingConsumer struct {
+	mu      sync.Mutex
+	last    *cluster.Snapshot
+	calls   int
+	failing atomic.Bool
+}
+
+func (c *recordingConsumer) Name() string { return "test" }
+
+func (c *recordingConsumer) Sync(_ context.Context, s *cluster.Snapshot) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls++
+	if c.failing.Load() {
+		return errors.New("kernel said no")
+	}
+	c.last = s
+	return nil
+}
+
+func (c *recordingConsumer) lastSnapshot() *cluster.Snapshot {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last
+}
+
+func newTestDaemon(t *testing.T, cons Consumer, objs ...any) (*Daemon, *fake.Clientset, func()) {
+	t.Helper()
+	cfg := config.Default()
+	cfg.HostRoot = t.TempDir()
+	cfg.HealthzBindAddress, cfg.MetricsBindAddress = "", ""
+	cfg.Proxy.MinSyncPeriod.Duration = 10 * time.Millisecond
+	client := fake.NewClientset()
+	d, err := New(Options{
+		Config: cfg, Client: client, APIHost: "fake", Version: "test",
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Consumers: []Consumer{cons},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- d.Run(ctx) }()
+	return d, client, func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+}
+
+func TestDaemonReadinessAndConsumers(t *testing.T) {
+	cons := &recordingConsumer{}
+	cons.failing.Store(true)
+	d, client, stop := newTestDaemon(t, cons)
+	defer stop()
+
+	ctx := context.Background()
+	_, err := client.CoreV1().Services("shop").Create(ctx, &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "orders"},
+		Spec:       v1.ServiceSpec{ClusterIP: "10.96.0.20", ClusterIPs: []string{"10.96.0.20"}, Ports: []v1.ServicePort{{Port: 80}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// While the consumer fails: not ready, the error shows in status and readyz.
+	waitUntil(t, 5*time.Second, func() bool { return d.Status().LastSync.Error != "" })
+	rec := httptest.NewRecorder()
+	d.serveReadyz(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if rec.Code != 503 || !strings.Contains(rec.Body.String(), "kernel said no") {
+		t.Errorf("readyz while failing: %d %q", rec.Code, rec.Body.String())
+	}
+	if st := d.Status(); st.Ready || st.Consumers[0].LastError == "" {
+		t.Errorf("status while failing: %+v", st)
+	}
+
+	// Once it succeeds (retried by the runner): ready, snapshot delivered.
+	cons.failing.Store(false)
+	waitUntil(t, 5*time.Second, func() bool { return d.Status().Ready })
+	rec = httptest.NewRecorder()
+	d.serveReadyz(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if rec.Code != 200 {
+		t.Errorf("readyz when ready: %d %q", rec.Code, rec.Body.String())
+	}
+	snap := cons.lastSnapshot()
+	if snap == nil || snap.Services[cluster.ServiceKey{Namespace: "shop", Name: "orders"}] == nil {
+		t.Fatalf("consumer did not get the service: %+v", snap)
+	}
+	st := d.Status()
+	if len(st.Snapshot.Services) != 1 || st.Snapshot.Services[0].Name != "orders" {
+		t.Errorf("status services: %+v", st.Snapshot.Services)
+	}
+
+	// A delete flows through too.
+	if err := client.CoreV1().Services("shop").Delete(ctx, "orders", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 5*time.Second, func() bool {
+		s := cons.lastSnapshot()
+		return s != nil && len(s.Services) == 0
+	})
+	rec = httptest.NewRecorder()
+	d.serveHealthz(rec, httptest.NewRequest("GET", "/healthz", nil))
+	if rec.Code != 200 {
+		t.Errorf("healthz: %d", rec.Code)
+	}
+}
