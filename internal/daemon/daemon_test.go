@@ -5,7 +5,10 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http/httptest"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -130,4 +133,37 @@ func TestDaemonReadinessAndConsumers(t *testing.T) {
 	if rec.Code != 200 {
 		t.Errorf("healthz: %d", rec.Code)
 	}
+}
+
+// TestSDNotify: under systemd (NOTIFY_SOCKET set) the agent says READY=1
+// after the first full sync and STOPPING=1 on shutdown.
+func TestSDNotify(t *testing.T) {
+	sock := t.TempDir() + "/notify.sock"
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	t.Setenv("WATCHDOG_USEC", "200000")
+	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+
+	_, _, stop := newTestDaemon(t, &recordingConsumer{})
+	seen := map[string]bool{}
+	read := func(want string) {
+		t.Helper()
+		buf := make([]byte, 256)
+		for !seen[want] {
+			_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, err := conn.Read(buf)
+			if err != nil {
+				t.Fatalf("waiting for %s: %v (seen %v)", want, err, seen)
+			}
+			seen[string(buf[:n])] = true
+		}
+	}
+	read("READY=1")
+	read("WATCHDOG=1")
+	stop()
+	read("STOPPING=1")
 }
