@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/bridge-agent/bridge-agent/internal/proxy"
 )
 
 // cleanupCmd removes what the agent leaves on the host. It never needs the
@@ -21,6 +24,12 @@ func cleanupCmd(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	failed := false
+	if err := proxy.CleanupIPTables(context.Background()); err != nil {
+		fmt.Fprintf(stderr, "bridge-agent: cleanup: %v\n", err)
+		failed = true
+	} else {
+		fmt.Fprintln(stdout, "removed iptables chains and jumps of ours (legacy and nft, IPv4 and IPv6)")
+	}
 	for _, p := range []string{cfg.HostPath(cfg.StatusSocket), cfg.HostPath(cfg.StateDir)} {
 		if err := os.RemoveAll(p); err != nil {
 			fmt.Fprintf(stderr, "bridge-agent: cleanup: %v\n", err)

@@ -6,12 +6,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
+	"github.com/bridge-agent/bridge-agent/internal/config"
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
+	"github.com/bridge-agent/bridge-agent/internal/proxy"
 	"github.com/bridge-agent/bridge-agent/internal/version"
 )
 
@@ -48,12 +51,18 @@ func runCmd(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	consumers, err := newConsumers(ctx, cfg, log)
+	if err != nil {
+		log.Error("cannot run", "err", err)
+		return 1
+	}
 	d, err := daemon.New(daemon.Options{
-		Config:  cfg,
-		Client:  client,
-		APIHost: rc.Host,
-		Logger:  log,
-		Version: version.Version,
+		Config:    cfg,
+		Client:    client,
+		APIHost:   rc.Host,
+		Logger:    log,
+		Version:   version.Version,
+		Consumers: consumers,
 	})
 	if err == nil {
 		err = d.Run(ctx)
@@ -63,4 +72,27 @@ func runCmd(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// newConsumers builds the host-side consumers the configuration asks for.
+func newConsumers(ctx context.Context, cfg *config.Config, log *slog.Logger) ([]daemon.Consumer, error) {
+	var out []daemon.Consumer
+	if cfg.Proxy.Mode == "iptables" {
+		variant := proxy.Variant(cfg.Proxy.IPTablesVariant)
+		if variant == "auto" {
+			variant = ""
+		}
+		p, err := proxy.NewIPTables(ctx, proxy.IPTablesOptions{
+			Variant:        variant,
+			Masquerade:     cfg.Proxy.Masquerade != "never",
+			FullSyncPeriod: cfg.Proxy.SyncPeriod.Duration,
+			Logger:         log.With("consumer", "proxy"),
+		})
+		if err != nil {
+			return nil, err
+		}
+		log.Info("proxy: iptables", "variant", p.Variant())
+		out = append(out, p)
+	}
+	return out, nil
 }

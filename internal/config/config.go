@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -91,6 +92,16 @@ type Scope struct {
 
 // Proxy configures the ClusterIP proxy.
 type Proxy struct {
+	// Mode is iptables (default) or none (no NAT rules; DNS and routes only).
+	Mode string `json:"mode,omitempty"`
+	// IPTablesVariant is legacy, nft or auto (default): the variant that
+	// already holds this host's rules, so the agent's sit beside them.
+	IPTablesVariant string `json:"iptablesVariant,omitempty"`
+	// Masquerade is always, never or auto (default: always). Traffic this
+	// host originates already leaves with its own address; masquerading
+	// matters for traffic the host forwards for others, whose source the pod
+	// network could not route back to.
+	Masquerade string `json:"masquerade,omitempty"`
 	// MinSyncPeriod is the least time between two syncs; changes arriving
 	// faster are batched (default 1s).
 	MinSyncPeriod metav1.Duration `json:"minSyncPeriod,omitempty"`
@@ -125,8 +136,11 @@ func Default() *Config {
 		HealthzBindAddress: "127.0.0.1:10356",
 		MetricsBindAddress: "127.0.0.1:10357",
 		Proxy: Proxy{
-			MinSyncPeriod: metav1.Duration{Duration: time.Second},
-			SyncPeriod:    metav1.Duration{Duration: 30 * time.Second},
+			Mode:            "iptables",
+			IPTablesVariant: "auto",
+			Masquerade:      "auto",
+			MinSyncPeriod:   metav1.Duration{Duration: time.Second},
+			SyncPeriod:      metav1.Duration{Duration: 30 * time.Second},
 		},
 		DNS:     DNS{ListenAddress: "127.0.0.77:53"},
 		Logging: Logging{Format: "text"},
@@ -262,6 +276,18 @@ func (c *Config) Validate() error {
 		bad("proxy.syncPeriod", c.Proxy.SyncPeriod.Duration, "must be greater than zero")
 	} else if c.Proxy.SyncPeriod.Duration < c.Proxy.MinSyncPeriod.Duration {
 		bad("proxy.syncPeriod", c.Proxy.SyncPeriod.Duration, "must not be less than proxy.minSyncPeriod")
+	}
+	for _, f := range []struct {
+		name, value string
+		allowed     []string
+	}{
+		{"proxy.mode", c.Proxy.Mode, []string{"iptables", "none"}},
+		{"proxy.iptablesVariant", c.Proxy.IPTablesVariant, []string{"auto", "legacy", "nft"}},
+		{"proxy.masquerade", c.Proxy.Masquerade, []string{"auto", "always", "never"}},
+	} {
+		if !slices.Contains(f.allowed, f.value) {
+			bad(f.name, quote(f.value), "must be one of "+strings.Join(f.allowed, ", "))
+		}
 	}
 	if c.Logging.Format != "text" && c.Logging.Format != "json" {
 		bad("logging.format", quote(c.Logging.Format), `must be "text" or "json"`)

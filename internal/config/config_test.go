@@ -119,6 +119,9 @@ func TestValidateEachField(t *testing.T) {
 		{"proxy.minSyncPeriod", func(c *Config) { c.Proxy.MinSyncPeriod.Duration = -time.Second }},
 		{"proxy.syncPeriod", func(c *Config) { c.Proxy.SyncPeriod.Duration = 0 }},
 		{"proxy.syncPeriod", func(c *Config) { c.Proxy.SyncPeriod.Duration = 100 * time.Millisecond }},
+		{"proxy.mode", func(c *Config) { c.Proxy.Mode = "ipvs" }},
+		{"proxy.iptablesVariant", func(c *Config) { c.Proxy.IPTablesVariant = "xtables" }},
+		{"proxy.masquerade", func(c *Config) { c.Proxy.Masquerade = "sometimes" }},
 		{"logging.format", func(c *Config) { c.Logging.Format = "xml" }},
 		{"logging.verbosity", func(c *Config) { c.Logging.Verbosity = 11 }},
 	} {
