@@ -297,13 +297,26 @@ func (t *Testbed) reservePod(spec PodSpec, nd Node) (*podState, error) {
 			used[ps.host] = true
 		}
 	}
-	host := 2
-	for used[host] {
-		host++
+	// Addresses are not reused at once (as most IPAM plugins do): a new pod
+	// on a just-freed address would meet neighbour and conntrack entries of
+	// the old one.
+	if t.nextHost == nil {
+		t.nextHost = map[int]int{}
 	}
-	if host > 254 {
+	host := 0
+	for i, h := 0, t.nextHost[nd.Number]; i < 253; i++ {
+		if h++; h < 2 || h > 254 {
+			h = 2
+		}
+		if !used[h] {
+			host = h
+			break
+		}
+	}
+	if host == 0 {
 		return nil, fmt.Errorf("node %s has no free pod address", nd.Name)
 	}
+	t.nextHost[nd.Number] = host
 	t.nextPod++
 	ps := &podState{
 		pod: Pod{

@@ -120,6 +120,8 @@ type Testbed struct {
 	mu      sync.Mutex // guards Nodes, pods, nextPod
 	pods    map[string]*podState
 	nextPod int
+	// nextHost is, per node number, the last pod address host part handed out.
+	nextHost map[int]int
 
 	stopOnce sync.Once
 	stopErr  error

@@ -1,0 +1,240 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/bridge-agent/bridge-agent/internal/cluster"
+)
+
+// IPTablesOptions configure the iptables backend.
+type IPTablesOptions struct {
+	// Variant is legacy or nft; empty means DetectVariant.
+	Variant Variant
+	// Families to program (default both).
+	Families []Family
+	// Masquerade and MasqueradeMark: see RenderInput.
+	Masquerade     bool
+	MasqueradeMark uint32
+	// Zone: see RenderInput.
+	Zone string
+	// FullSyncPeriod forces a restore of unchanged payloads this often, to
+	// repair chains someone else emptied (default 1 minute).
+	FullSyncPeriod time.Duration
+	Logger         *slog.Logger
+}
+
+// IPTables is the iptables backend: a consumer of cluster snapshots that
+// keeps the agent's chains in the kernel.
+type IPTables struct {
+	opts      IPTablesOptions
+	x         xtables
+	conntrack conntrackCleaner
+	log       *slog.Logger
+	now       func() time.Time
+
+	applied map[Family]*appliedState
+	stats   map[Family]RenderStats
+	warned  map[cluster.ServiceKey]bool
+}
+
+// appliedState is what the last successful restore of a family wrote.
+type appliedState struct {
+	nat, filter []byte
+	at          time.Time
+	// udp maps each UDP service port (cluster IP, port) to its endpoints,
+	// to find conntrack entries that went stale.
+	udp map[netip.AddrPort][]netip.AddrPort
+}
+
+// NewIPTables returns the backend for this host's iptables variant.
+func NewIPTables(ctx context.Context, o IPTablesOptions) (*IPTables, error) {
+	if len(o.Families) == 0 {
+		o.Families = []Family{IPv4, IPv6}
+	}
+	if o.Variant == "" {
+		v, err := DetectVariant(ctx)
+		if err != nil {
+			return nil, err
+		}
+		o.Variant = v
+	}
+	x, err := newExecXtables(o.Variant, o.Families)
+	if err != nil {
+		return nil, err
+	}
+	return newIPTables(o, x, netlinkConntrack{}), nil
+}
+
+func newIPTables(o IPTablesOptions, x xtables, ct conntrackCleaner) *IPTables {
+	if o.FullSyncPeriod == 0 {
+		o.FullSyncPeriod = time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &IPTables{
+		opts: o, x: x, conntrack: ct, log: o.Logger, now: time.Now,
+		applied: map[Family]*appliedState{},
+		stats:   map[Family]RenderStats{},
+		warned:  map[cluster.ServiceKey]bool{},
+	}
+}
+
+// Name implements daemon.Consumer.
+func (p *IPTables) Name() string { return "proxy" }
+
+// Variant returns the iptables variant in use.
+func (p *IPTables) Variant() Variant { return p.opts.Variant }
+
+// Sync implements daemon.Consumer: it renders the snapshot and, when the
+// rules differ from the last ones written or a jump of ours went missing
+// (someone flushed a table), writes them in one restore per family. On error
+// the rules in the kernel stay as they were and the next sync writes the
+// whole state again.
+func (p *IPTables) Sync(ctx context.Context, snap *cluster.Snapshot) error {
+	var errs []error
+	for _, fam := range p.opts.Families {
+		if err := p.syncFamily(ctx, snap, fam); err != nil {
+			delete(p.applied, fam) // force a full write next time
+			errs = append(errs, fmt.Errorf("%s: %w", fam, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (p *IPTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam Family) error {
+	natChains, err := p.x.Chains(ctx, fam, "nat")
+	if err != nil {
+		return err
+	}
+	filterChains, err := p.x.Chains(ctx, fam, "filter")
+	if err != nil {
+		return err
+	}
+	nat, filter, stats, err := RenderIPTables(RenderInput{
+		Snapshot: snap, Family: fam, Masquerade: p.opts.Masquerade, MasqueradeMark: p.opts.MasqueradeMark,
+		Zone: p.opts.Zone, ExistingNATChains: natChains, ExistingFilterChains: filterChains,
+	})
+	if err != nil {
+		return err
+	}
+	for _, key := range stats.LocalPolicyIgnored {
+		if !p.warned[key] {
+			p.warned[key] = true
+			p.log.Warn("internalTrafficPolicy: Local has no local endpoints on this host; proxying as Cluster", "service", key.String())
+		}
+	}
+
+	var missing []Jump
+	for _, j := range IPTablesJumps() {
+		ok, err := p.x.JumpExists(fam, j)
+		if err != nil && !isMissingChain(err) {
+			return fmt.Errorf("check jump %s/%s: %w", j.Table, j.Chain, err)
+		}
+		if !ok {
+			missing = append(missing, j)
+		}
+	}
+	last := p.applied[fam]
+	now := p.now()
+	unchanged := last != nil && bytes.Equal(last.nat, nat) && bytes.Equal(last.filter, filter)
+	if unchanged && len(missing) == 0 && now.Sub(last.at) < p.opts.FullSyncPeriod {
+		return nil
+	}
+	if last != nil && len(missing) > 0 {
+		p.log.Warn("rules of ours were removed by someone else; restoring", "family", fam.String(), "missingJumps", len(missing))
+	}
+	payload := append(slices.Clip(nat), filter...)
+	if err := p.x.Restore(ctx, fam, payload); err != nil {
+		return err
+	}
+	// The jumps go in after the chains they target exist.
+	for _, j := range missing {
+		if err := p.x.InsertJump(fam, j); err != nil {
+			return fmt.Errorf("insert jump %s/%s: %w", j.Table, j.Chain, err)
+		}
+	}
+	st := &appliedState{nat: nat, filter: filter, at: now, udp: udpServicePorts(snap, fam, p.opts.Zone)}
+	p.clearStaleConntrack(fam, last, st)
+	p.applied[fam] = st
+	p.stats[fam] = stats
+	p.log.Debug("iptables rules written", "family", fam.String(), "services", stats.Services,
+		"endpoints", stats.Endpoints, "noEndpoints", stats.NoEndpoints, "bytes", len(payload))
+	return nil
+}
+
+// Stats returns the counts of the last write per family.
+func (p *IPTables) Stats() map[Family]RenderStats {
+	return maps.Clone(p.stats)
+}
+
+func isMissingChain(err error) bool {
+	s := err.Error()
+	// -C and -D of a jump whose target chain does not exist yet fail with
+	// one of these, depending on the variant.
+	return strings.Contains(s, "No chain/target/match by that name") || strings.Contains(s, "does not exist") ||
+		strings.Contains(s, "Couldn't load target")
+}
+
+// CleanupIPTables removes every chain and jump of ours, in both variants and
+// both families, and nothing else. Tools that are not installed are skipped.
+func CleanupIPTables(ctx context.Context) error {
+	var errs []error
+	for _, v := range []Variant{VariantLegacy, VariantNFT} {
+		for _, fam := range []Family{IPv4, IPv6} {
+			x, err := newExecXtables(v, []Family{fam})
+			if err != nil {
+				continue // variant not installed
+			}
+			if err := cleanupFamily(ctx, x, fam); err != nil {
+				errs = append(errs, fmt.Errorf("cleanup %s %s: %w", v, fam, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func cleanupFamily(ctx context.Context, x xtables, fam Family) error {
+	for _, j := range IPTablesJumps() {
+		if err := x.DeleteJump(fam, j); err != nil && !isMissingChain(err) {
+			return err
+		}
+	}
+	var payload bytes.Buffer
+	for _, table := range []string{"nat", "filter"} {
+		chains, err := x.Chains(ctx, fam, table)
+		if err != nil {
+			return err
+		}
+		var ours []string
+		for _, c := range chains {
+			if strings.HasPrefix(c, ChainPrefix) {
+				ours = append(ours, c)
+			}
+		}
+		if len(ours) == 0 {
+			continue
+		}
+		fmt.Fprintf(&payload, "*%s\n", table)
+		for _, c := range ours {
+			fmt.Fprintf(&payload, ":%s - [0:0]\n", c)
+		}
+		for _, c := range ours {
+			fmt.Fprintf(&payload, "-X %s\n", c)
+		}
+		payload.WriteString("COMMIT\n")
+	}
+	if payload.Len() == 0 {
+		return nil
+	}
+	return x.Restore(ctx, fam, payload.Bytes())
+}

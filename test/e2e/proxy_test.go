@@ -1,0 +1,307 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	"github.com/bridge-agent/bridge-agent/internal/config"
+	"github.com/bridge-agent/bridge-agent/internal/testbed"
+)
+
+// vmExec runs a command in the VM namespace and fails the test on error.
+func vmExec(ctx context.Context, t *testing.T, argv ...string) string {
+	t.Helper()
+	out, err := tb.Exec(ctx, tb.VMNetns, argv...)
+	if err != nil {
+		t.Fatalf("%v: %v: %s", argv, err, out)
+	}
+	return string(out)
+}
+
+// podRoutes gives the VM routes to the pod CIDRs, as a routed network would,
+// for tests of the proxy alone.
+func podRoutes(ctx context.Context, t *testing.T) {
+	t.Helper()
+	var added [][]string
+	for _, n := range tb.Nodes {
+		for _, c := range n.PodCIDRs {
+			via := n.IPv4
+			if strings.Contains(c, ":") {
+				via = n.IPv6
+			}
+			r := []string{"route", "replace", c, "via", via, "proto", "static"}
+			vmExec(ctx, t, append([]string{"ip"}, r...)...)
+			added = append(added, []string{"ip", "route", "del", c, "via", via, "proto", "static"})
+		}
+	}
+	// Locally sent packets need a route before the nat OUTPUT hook sees
+	// them; a real host's default route plays that part. The sandbox VM has
+	// none, so give the service ranges one.
+	n := tb.Nodes[0]
+	for _, c := range tb.ServiceCIDRs {
+		via := n.IPv4
+		if strings.Contains(c, ":") {
+			via = n.IPv6
+		}
+		vmExec(ctx, t, "ip", "route", "replace", c, "via", via, "proto", "static")
+		added = append(added, []string{"ip", "route", "del", c, "via", via, "proto", "static"})
+	}
+	t.Cleanup(func() {
+		for _, r := range added {
+			_, _ = tb.Exec(context.Background(), tb.VMNetns, r...)
+		}
+	})
+}
+
+// askTCP connects to addr from the VM and returns the pod name it answers.
+func askTCP(ctx context.Context, addr string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := tb.DialContext(tb.VMNetns)(ctx, "tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+// askUDP sends one datagram to addr from the VM and returns the answer.
+func askUDP(ctx context.Context, addr string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := tb.DialContext(tb.VMNetns)(ctx, "udp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("who")); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 256)
+	n, err := c.Read(buf)
+	return string(buf[:n]), err
+}
+
+// hits asks addr n times and counts answers per pod.
+func hits(ctx context.Context, ask func(context.Context, string) (string, error), addr string, n int) (map[string]int, error) {
+	got := map[string]int{}
+	for range n {
+		name, err := ask(ctx, addr)
+		if err != nil {
+			return got, err
+		}
+		got[name]++
+	}
+	return got, nil
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var err error
+	for time.Since(start) < timeout {
+		if err = cond(); err == nil {
+			return time.Since(start)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: not within %s: %v", what, timeout, err)
+	return 0
+}
+
+func proxyService(ctx context.Context, t *testing.T, ns, name string, proto v1.Protocol, port int32, target string, selector map[string]string) *v1.Service {
+	t.Helper()
+	if _, err := tb.Client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err != nil {
+		if _, err := tb.Client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := tb.Client.CoreV1().Services(ns).Create(ctx, &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: v1.ServiceSpec{
+			Selector:       selector,
+			IPFamilyPolicy: ptr.To(v1.IPFamilyPolicyPreferDualStack),
+			Ports:          []v1.ServicePort{{Name: "p", Port: port, TargetPort: intstr.FromString(target), Protocol: proto}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestProxyIPTables sends real packets from the VM namespace to ClusterIPs
+// through the agent's rules, once per iptables variant.
+func TestProxyIPTables(t *testing.T) {
+	requireTestbed(t)
+	for i, variant := range []string{"legacy", "nft"} {
+		t.Run(variant, func(t *testing.T) {
+			testProxyIPTables(t, variant, fmt.Sprintf("px%d", i))
+		})
+	}
+}
+
+func testProxyIPTables(t *testing.T, variant, ns string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	podRoutes(ctx, t)
+
+	// Someone else's rules that must survive everything we do.
+	save := "iptables-" + variant + "-save"
+	for _, cmd := range [][]string{
+		{"iptables-" + variant, "-t", "nat", "-N", "DOCKER"},
+		{"iptables-" + variant, "-t", "nat", "-A", "DOCKER", "-d", "198.51.100.1/32", "-j", "RETURN"},
+		{"iptables-" + variant, "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "2222", "-j", "ACCEPT"},
+	} {
+		vmExec(ctx, t, cmd...)
+	}
+	t.Cleanup(func() {
+		for _, cmd := range [][]string{
+			{"iptables-" + variant, "-t", "nat", "-F", "DOCKER"},
+			{"iptables-" + variant, "-t", "nat", "-X", "DOCKER"},
+			{"iptables-" + variant, "-t", "filter", "-D", "INPUT", "-p", "tcp", "--dport", "2222", "-j", "ACCEPT"},
+		} {
+			_, _ = tb.Exec(context.Background(), tb.VMNetns, cmd...)
+		}
+	})
+	foreign := func() {
+		t.Helper()
+		out := vmExec(ctx, t, save)
+		for _, want := range []string{":DOCKER", "-A DOCKER -d 198.51.100.1/32 -j RETURN", "-A INPUT -p tcp -m tcp --dport 2222 -j ACCEPT"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("foreign rule %q is gone:\n%s", want, out)
+			}
+		}
+	}
+
+	web := map[string]string{"app": "web-" + ns}
+	tcpPorts := []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}
+	var pods []testbed.Pod
+	for i := 1; i <= 2; i++ {
+		p, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: fmt.Sprintf("web-%d", i), Node: i, Labels: web, Ports: tcpPorts, Ready: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods = append(pods, p)
+	}
+	svc := proxyService(ctx, t, ns, "web", v1.ProtocolTCP, 80, "http", web)
+	echoSel := map[string]string{"app": "echo-" + ns}
+	if _, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "echo-1", Node: 1, Labels: echoSel, Ports: []testbed.Port{{Name: "echo", Port: 7007, Protocol: "UDP"}}, Ready: true}); err != nil {
+		t.Fatal(err)
+	}
+	echo := proxyService(ctx, t, ns, "echo", v1.ProtocolUDP, 7, "echo", echoSel)
+	empty := proxyService(ctx, t, ns, "empty", v1.ProtocolTCP, 80, "http", map[string]string{"app": "nothing"})
+
+	dir := t.TempDir()
+	cfg := tb.AgentConfig(dir)
+	cfg.Proxy.IPTablesVariant = variant
+	cfg.Proxy.SyncPeriod.Duration = 2 * time.Second
+	cfg.HealthzBindAddress, cfg.MetricsBindAddress = fmt.Sprintf("127.0.0.1:%d", 21000+len(variant)), fmt.Sprintf("127.0.0.1:%d", 21100+len(variant))
+	a, err := tb.NewAgent(agentBin, dir, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = a.Stop()
+		if t.Failed() {
+			t.Logf("agent log:\n%s", a.Log())
+		}
+		_, _ = a.Run(context.Background(), "cleanup")
+	})
+	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, ip := range svc.Spec.ClusterIPs {
+		addr := net.JoinHostPort(ip, "80")
+		waitFor(t, 5*time.Second, "service answers on "+addr, func() error { _, err := askTCP(ctx, addr); return err })
+		got, err := hits(ctx, askTCP, addr, 40)
+		if err != nil {
+			t.Fatalf("%s: %v (%v)", addr, err, got)
+		}
+		if got["web-1"] == 0 || got["web-2"] == 0 || got["web-1"]+got["web-2"] != 40 {
+			t.Errorf("%s: traffic not spread over both pods: %v", addr, got)
+		}
+	}
+	for _, ip := range echo.Spec.ClusterIPs {
+		addr := net.JoinHostPort(ip, "7")
+		waitFor(t, 5*time.Second, "UDP service answers on "+addr, func() error {
+			name, err := askUDP(ctx, addr)
+			if err == nil && name != "echo-1" {
+				err = fmt.Errorf("answered by %q", name)
+			}
+			return err
+		})
+	}
+
+	// No endpoints: refused at once, not a time-out.
+	emptyAddr := net.JoinHostPort(empty.Spec.ClusterIPs[0], "80")
+	waitFor(t, 5*time.Second, "empty service refused", func() error {
+		start := time.Now()
+		_, err := askTCP(ctx, emptyAddr)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("want connection refused, got %v", err)
+		}
+		if d := time.Since(start); d > time.Second {
+			return fmt.Errorf("refusal took %v", d)
+		}
+		return nil
+	})
+
+	// A deleted pod stops getting traffic within 2 s.
+	if err := tb.DeletePod(ctx, ns, "web-1"); err != nil {
+		t.Fatal(err)
+	}
+	webAddr := net.JoinHostPort(svc.Spec.ClusterIPs[0], "80")
+	took := waitFor(t, 2*time.Second, "deleted pod drained", func() error {
+		got, err := hits(ctx, askTCP, webAddr, 10)
+		if err != nil || got["web-2"] != 10 {
+			return fmt.Errorf("%v %v", got, err)
+		}
+		return nil
+	})
+	t.Logf("%s: deleted pod out of rotation after %v", variant, took.Round(time.Millisecond))
+	foreign()
+
+	// Someone flushes the nat table: the agent restores its rules.
+	vmExec(ctx, t, "iptables-"+variant, "-t", "nat", "-F")
+	took = waitFor(t, 10*time.Second, "rules restored after a flush", func() error { _, err := askTCP(ctx, webAddr); return err })
+	t.Logf("%s: rules restored %v after iptables -t nat -F", variant, took.Round(time.Millisecond))
+	vmExec(ctx, t, "iptables-"+variant, "-t", "nat", "-A", "DOCKER", "-d", "198.51.100.1/32", "-j", "RETURN") // ours to repair, not the agent's
+
+	// cleanup removes every chain and jump of ours, and nothing else.
+	if err := a.Stop(); err != nil {
+		t.Errorf("stop: %v", err)
+	}
+	if _, err := askTCP(ctx, webAddr); err != nil {
+		t.Errorf("rules must outlive the agent (start-up and shutdown never flush): %v", err)
+	}
+	if out, err := a.Run(ctx, "cleanup"); err != nil {
+		t.Fatalf("cleanup: %v\n%s", err, out)
+	}
+	for _, s := range []string{save, "ip6tables-" + variant + "-save"} {
+		if out := vmExec(ctx, t, s); strings.Contains(out, "BRIDGE-") {
+			t.Errorf("%s still shows our rules after cleanup:\n%s", s, out)
+		}
+	}
+	foreign()
+	_ = config.APIVersion
+}
