@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"syscall"
@@ -16,7 +17,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
-	"github.com/bridge-agent/bridge-agent/internal/config"
 	"github.com/bridge-agent/bridge-agent/internal/testbed"
 )
 
@@ -303,5 +303,129 @@ func testProxyIPTables(t *testing.T, variant, ns string) {
 		}
 	}
 	foreign()
-	_ = config.APIVersion
+}
+
+// TestProxyResilience: rules outlive the agent (SIGKILL, restart) and the
+// API server; not-ready pods leave rotation; ClientIP affinity sticks.
+func TestProxyResilience(t *testing.T) {
+	requireTestbed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	podRoutes(ctx, t)
+	const ns = "resil"
+	sel := map[string]string{"app": "res"}
+	for i := 1; i <= 2; i++ {
+		if _, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: fmt.Sprintf("res-%d", i), Node: i, Labels: sel,
+			Ports: []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}, Ready: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc := proxyService(ctx, t, ns, "res", v1.ProtocolTCP, 80, "http", sel)
+	sticky := proxyService(ctx, t, ns, "sticky", v1.ProtocolTCP, 80, "http", sel)
+	sticky.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+	if _, err := tb.Client.CoreV1().Services(ns).Update(ctx, sticky, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	a := startAgent(t, true)
+	t.Cleanup(func() { _, _ = a.Run(context.Background(), "cleanup") })
+	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort(svc.Spec.ClusterIPs[0], "80")
+	waitFor(t, 5*time.Second, "service answers", func() error { _, err := askTCP(ctx, addr); return err })
+
+	// Affinity: every connection from this host lands on the same pod.
+	stickyAddr := net.JoinHostPort(sticky.Spec.ClusterIPs[0], "80")
+	waitFor(t, 5*time.Second, "sticky service answers", func() error { _, err := askTCP(ctx, stickyAddr); return err })
+	if got, err := hits(ctx, askTCP, stickyAddr, 20); err != nil || len(got) != 1 {
+		t.Errorf("sessionAffinity ClientIP: want one pod, got %v (%v)", got, err)
+	}
+
+	// A long connection open across SIGKILL and restart.
+	long, err := tb.DialContext(tb.VMNetns)(ctx, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer long.Close()
+	_ = long.SetDeadline(time.Now().Add(time.Minute))
+	rd := bufio.NewReader(long)
+	if _, err := rd.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := hits(ctx, askTCP, addr, 10); err != nil {
+		t.Errorf("new connections while the agent is down: %v (%v)", err, got)
+	}
+	// Restart: probe continuously; the first sync replaces the rules in
+	// place, so no connection may fail.
+	stop := make(chan struct{})
+	failures := make(chan error, 1000)
+	probes := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			probes++
+			if _, err := askTCP(ctx, addr); err != nil {
+				failures <- err
+			}
+		}
+	}()
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	<-done
+	if n := len(failures); n > 0 {
+		t.Errorf("%d of %d connections failed across the restart; first: %v", n, probes, <-failures)
+	}
+	t.Logf("%d connections across the agent restart, none failed", probes)
+	// The long connection still carries data both ways: our FIN reaches
+	// the pod, whose server then closes, and we read that EOF.
+	if err := long.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rd.ReadString('\n'); err != io.EOF {
+		t.Errorf("long connection broken across kill and restart: %v", err)
+	}
+
+	// Not ready: out of rotation within 2 s.
+	if err := tb.SetPodReady(ctx, ns, "res-1", false); err != nil {
+		t.Fatal(err)
+	}
+	took := waitFor(t, 2*time.Second, "not-ready pod out of rotation", func() error {
+		got, err := hits(ctx, askTCP, addr, 10)
+		if err != nil || got["res-2"] != 10 {
+			return fmt.Errorf("%v %v", got, err)
+		}
+		return nil
+	})
+	t.Logf("not-ready pod out of rotation after %v", took.Round(time.Millisecond))
+
+	// API server away: existing services keep working; back: a new one works.
+	if err := tb.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := hits(ctx, askTCP, addr, 5); err != nil {
+		t.Errorf("service while the API server is down: %v (%v)", err, got)
+	}
+	if err := tb.StartAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	later := proxyService(ctx, t, ns, "later", v1.ProtocolTCP, 80, "http", sel)
+	laterAddr := net.JoinHostPort(later.Spec.ClusterIPs[0], "80")
+	took = waitFor(t, 60*time.Second, "service created after the API server returned", func() error { _, err := askTCP(ctx, laterAddr); return err })
+	t.Logf("new service reachable %v after creation (API server just restarted)", took.Round(time.Millisecond))
 }
