@@ -15,8 +15,6 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/utils/ptr"
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
@@ -114,27 +112,6 @@ func sameSet(got, want []string) bool {
 	return true
 }
 
-func createService(ctx context.Context, t *testing.T, ns, name string, selector map[string]string) *v1.Service {
-	t.Helper()
-	if _, err := tb.Client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err != nil {
-		if _, err := tb.Client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s, err := tb.Client.CoreV1().Services(ns).Create(ctx, &v1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: v1.ServiceSpec{
-			Selector:       selector,
-			IPFamilyPolicy: ptr.To(v1.IPFamilyPolicyPreferDualStack),
-			Ports:          []v1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http"), Protocol: v1.ProtocolTCP}},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 // TestSnapshotFollowsCluster is the foundation's end-to-end test: the
 // built agent, running in the VM namespace with the least-privilege RBAC
 // of deploy/, follows Services and Pods as they come and go.
@@ -169,7 +146,7 @@ func TestSnapshotFollowsCluster(t *testing.T) {
 	const ns = "follow"
 	sel := map[string]string{"app": "web"}
 	ports := []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}
-	svc := createService(ctx, t, ns, "web", sel)
+	svc := createService(ctx, t, ns, "web", v1.ProtocolTCP, 80, "http", sel)
 	p1, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "web-1", Node: 1, Labels: sel, Ports: ports, Ready: true})
 	if err != nil {
 		t.Fatal(err)
@@ -354,7 +331,7 @@ func TestAPIServerRestartMidRun(t *testing.T) {
 	if err := tb.StartAPIServer(ctx); err != nil {
 		t.Fatal(err)
 	}
-	createService(ctx, t, "restart", "after", map[string]string{"app": "after"})
+	createService(ctx, t, "restart", "after", v1.ProtocolTCP, 80, "http", map[string]string{"app": "after"})
 	begin := time.Now()
 	if _, err := a.WaitStatus(ctx, 60*time.Second, func(st *daemon.Status) bool { return findService(st, "restart", "after") != nil }); err != nil {
 		t.Fatal(err)

@@ -124,7 +124,9 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error
 	return 0
 }
 
-func proxyService(ctx context.Context, t *testing.T, ns, name string, proto v1.Protocol, port int32, target string, selector map[string]string) *v1.Service {
+// createService creates a dual-stack (where it can) ClusterIP Service with
+// one port named after its target port, and the namespace if needed.
+func createService(ctx context.Context, t *testing.T, ns, name string, proto v1.Protocol, port int32, target string, selector map[string]string) *v1.Service {
 	t.Helper()
 	if _, err := tb.Client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err != nil {
 		if _, err := tb.Client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
@@ -136,7 +138,7 @@ func proxyService(ctx context.Context, t *testing.T, ns, name string, proto v1.P
 		Spec: v1.ServiceSpec{
 			Selector:       selector,
 			IPFamilyPolicy: ptr.To(v1.IPFamilyPolicyPreferDualStack),
-			Ports:          []v1.ServicePort{{Name: "p", Port: port, TargetPort: intstr.FromString(target), Protocol: proto}},
+			Ports:          []v1.ServicePort{{Name: target, Port: port, TargetPort: intstr.FromString(target), Protocol: proto}},
 		},
 	}, metav1.CreateOptions{})
 	if err != nil {
@@ -199,13 +201,13 @@ func testProxyIPTables(t *testing.T, variant, ns string) {
 		}
 		pods = append(pods, p)
 	}
-	svc := proxyService(ctx, t, ns, "web", v1.ProtocolTCP, 80, "http", web)
+	svc := createService(ctx, t, ns, "web", v1.ProtocolTCP, 80, "http", web)
 	echoSel := map[string]string{"app": "echo-" + ns}
 	if _, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "echo-1", Node: 1, Labels: echoSel, Ports: []testbed.Port{{Name: "echo", Port: 7007, Protocol: "UDP"}}, Ready: true}); err != nil {
 		t.Fatal(err)
 	}
-	echo := proxyService(ctx, t, ns, "echo", v1.ProtocolUDP, 7, "echo", echoSel)
-	empty := proxyService(ctx, t, ns, "empty", v1.ProtocolTCP, 80, "http", map[string]string{"app": "nothing"})
+	echo := createService(ctx, t, ns, "echo", v1.ProtocolUDP, 7, "echo", echoSel)
+	empty := createService(ctx, t, ns, "empty", v1.ProtocolTCP, 80, "http", map[string]string{"app": "nothing"})
 
 	dir := t.TempDir()
 	cfg := tb.AgentConfig(dir)
@@ -320,8 +322,8 @@ func TestProxyResilience(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	svc := proxyService(ctx, t, ns, "res", v1.ProtocolTCP, 80, "http", sel)
-	sticky := proxyService(ctx, t, ns, "sticky", v1.ProtocolTCP, 80, "http", sel)
+	svc := createService(ctx, t, ns, "res", v1.ProtocolTCP, 80, "http", sel)
+	sticky := createService(ctx, t, ns, "sticky", v1.ProtocolTCP, 80, "http", sel)
 	sticky.Spec.SessionAffinity = v1.ServiceAffinityClientIP
 	if _, err := tb.Client.CoreV1().Services(ns).Update(ctx, sticky, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
@@ -424,7 +426,7 @@ func TestProxyResilience(t *testing.T) {
 	if err := tb.StartAPIServer(ctx); err != nil {
 		t.Fatal(err)
 	}
-	later := proxyService(ctx, t, ns, "later", v1.ProtocolTCP, 80, "http", sel)
+	later := createService(ctx, t, ns, "later", v1.ProtocolTCP, 80, "http", sel)
 	laterAddr := net.JoinHostPort(later.Spec.ClusterIPs[0], "80")
 	took = waitFor(t, 60*time.Second, "service created after the API server returned", func() error { _, err := askTCP(ctx, laterAddr); return err })
 	t.Logf("new service reachable %v after creation (API server just restarted)", took.Round(time.Millisecond))
