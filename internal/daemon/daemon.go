@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/client-go/kubernetes"
 
@@ -30,6 +31,12 @@ import (
 type Consumer interface {
 	Name() string
 	Sync(ctx context.Context, snap *cluster.Snapshot) error
+}
+
+// MetricsProvider is implemented by consumers with metrics of their own;
+// the daemon registers them beside its own on /metrics.
+type MetricsProvider interface {
+	Collectors() []prometheus.Collector
 }
 
 // Options are what Run needs.
@@ -96,6 +103,13 @@ func New(o Options) (*Daemon, error) {
 	}
 	d.watcher = w
 	d.metrics = newMetrics(o.Version, d.tracker.Counts)
+	for _, c := range d.consumers {
+		if mp, ok := c.(MetricsProvider); ok {
+			if err := registerAll(d.metrics.registry, mp.Collectors()); err != nil {
+				return nil, fmt.Errorf("metrics of %s: %w", c.Name(), err)
+			}
+		}
+	}
 	return d, nil
 }
 
@@ -380,6 +394,15 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
 	return ln, nil
+}
+
+func registerAll(r *prometheus.Registry, cs []prometheus.Collector) error {
+	for _, c := range cs {
+		if err := r.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func errString(err error) string {

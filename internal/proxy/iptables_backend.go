@@ -41,6 +41,9 @@ type IPTables struct {
 	log       *slog.Logger
 	now       func() time.Time
 
+	metrics  *proxyMetrics
+	observed uint64 // newest snapshot version counted in metrics.programming
+
 	applied map[Family]*appliedState
 	stats   map[Family]RenderStats
 	warned  map[cluster.ServiceKey]bool
@@ -82,7 +85,7 @@ func newIPTables(o IPTablesOptions, x xtables, ct conntrackCleaner) *IPTables {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &IPTables{
-		opts: o, x: x, conntrack: ct, log: o.Logger, now: time.Now,
+		opts: o, x: x, conntrack: ct, log: o.Logger, now: time.Now, metrics: newProxyMetrics(),
 		applied: map[Family]*appliedState{},
 		stats:   map[Family]RenderStats{},
 		warned:  map[cluster.ServiceKey]bool{},
@@ -107,6 +110,9 @@ func (p *IPTables) Sync(ctx context.Context, snap *cluster.Snapshot) error {
 			delete(p.applied, fam) // force a full write next time
 			errs = append(errs, fmt.Errorf("%s: %w", fam, err))
 		}
+	}
+	if len(errs) == 0 {
+		p.observeProgramming(snap, p.now())
 	}
 	return errors.Join(errs...)
 }
@@ -151,12 +157,18 @@ func (p *IPTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 		return nil
 	}
 	if last != nil && len(missing) > 0 {
+		p.metrics.repairs.Inc()
 		p.log.Warn("rules of ours were removed by someone else; restoring", "family", fam.String(), "missingJumps", len(missing))
 	}
 	payload := append(slices.Clip(nat), filter...)
 	if err := p.x.Restore(ctx, fam, payload); err != nil {
+		p.metrics.writes.WithLabelValues(fam.String(), "error").Inc()
 		return err
 	}
+	p.metrics.writes.WithLabelValues(fam.String(), "success").Inc()
+	p.metrics.rules.WithLabelValues(fam.String(), "nat").Set(float64(stats.NATRules))
+	p.metrics.rules.WithLabelValues(fam.String(), "filter").Set(float64(stats.FilterRules))
+	p.metrics.noEndpoints.WithLabelValues(fam.String()).Set(float64(stats.NoEndpoints))
 	// The jumps go in after the chains they target exist.
 	for _, j := range missing {
 		if err := p.x.InsertJump(fam, j); err != nil {

@@ -1,0 +1,73 @@
+package proxy
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bridge-agent/bridge-agent/internal/cluster"
+)
+
+// proxyMetrics are the proxy's own metrics (the daemon counts syncs, errors
+// and their durations per consumer).
+type proxyMetrics struct {
+	rules       *prometheus.GaugeVec
+	noEndpoints *prometheus.GaugeVec
+	writes      *prometheus.CounterVec
+	repairs     prometheus.Counter
+	programming prometheus.Histogram
+}
+
+func newProxyMetrics() *proxyMetrics {
+	return &proxyMetrics{
+		rules: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bridge_agent_proxy_rules",
+			Help: "Rules of ours written by the last restore, by family and table.",
+		}, []string{"family", "table"}),
+		noEndpoints: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bridge_agent_proxy_service_ports_without_endpoints",
+			Help: "Service ports whose traffic is rejected because no endpoint is usable, by family.",
+		}, []string{"family"}),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_agent_proxy_restores_total",
+			Help: "iptables-restore runs by family and result (unchanged syncs write nothing).",
+		}, []string{"family", "result"}),
+		repairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_agent_proxy_repairs_total",
+			Help: "Restores forced because rules of ours had been removed by someone else.",
+		}),
+		programming: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "bridge_agent_network_programming_duration_seconds",
+			Help:    "Time from an EndpointSlice change (endpoints.kubernetes.io/last-change-trigger-time) to its rules being in the kernel.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+		}),
+	}
+}
+
+// Collectors implements daemon.MetricsProvider.
+func (p *IPTables) Collectors() []prometheus.Collector {
+	m := p.metrics
+	return []prometheus.Collector{m.rules, m.noEndpoints, m.writes, m.repairs, m.programming}
+}
+
+// observeProgramming records, once per snapshot, how long the changes it
+// carries took from their trigger time to the kernel.
+func (p *IPTables) observeProgramming(snap *cluster.Snapshot, now time.Time) {
+	if snap == nil || snap.Version <= p.observed {
+		return
+	}
+	first := p.observed == 0
+	p.observed = snap.Version
+	if first {
+		// The first snapshot carries every Service, with trigger times from
+		// before this agent started: not a programming latency.
+		return
+	}
+	for _, key := range snap.Changed {
+		svc := snap.Services[key]
+		if svc == nil || svc.TriggerTime.IsZero() {
+			continue
+		}
+		p.metrics.programming.Observe(now.Sub(svc.TriggerTime).Seconds())
+	}
+}
