@@ -42,10 +42,12 @@ type Agent struct {
 	ConfigPath string
 	HostRoot   string
 	Config     *config.Config
-	tb         *Testbed
-	cmd        *exec.Cmd
-	done       chan struct{}
-	exitErr    error
+	// Env is added to the agent's environment (e.g. XTABLES_LOCKFILE).
+	Env     []string
+	tb      *Testbed
+	cmd     *exec.Cmd
+	done    chan struct{}
+	exitErr error
 }
 
 // AgentConfig returns the configuration the testbed gives an agent: the
@@ -91,6 +93,7 @@ func (a *Agent) Start(extraArgs ...string) error {
 	}
 	argv := append([]string{a.Binary, "run", "--config", a.ConfigPath}, extraArgs...)
 	cmd := netnsCommand(a.tb.VMNetns, argv...)
+	cmd.Env = append(os.Environ(), a.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
@@ -163,7 +166,7 @@ func (a *Agent) Run(ctx context.Context, args ...string) ([]byte, error) {
 	argv := append([]string{a.Binary}, args...)
 	argv = append(argv, "--config", a.ConfigPath)
 	cmd := netnsCommand(a.tb.VMNetns, argv...)
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), a.Env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("bridge-agent %v: %w: %s", args, err, out)

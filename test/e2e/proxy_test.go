@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -430,4 +431,72 @@ func TestProxyResilience(t *testing.T) {
 	laterAddr := net.JoinHostPort(later.Spec.ClusterIPs[0], "80")
 	took = waitFor(t, 60*time.Second, "service created after the API server returned", func() error { _, err := askTCP(ctx, laterAddr); return err })
 	t.Logf("new service reachable %v after creation (API server just restarted)", took.Round(time.Millisecond))
+}
+
+// TestProxyXtablesLock: another process holds the xtables lock for 10 s.
+// The agent's sync waits for it, services already programmed keep working
+// throughout, and the new Service works once the lock is released.
+func TestProxyXtablesLock(t *testing.T) {
+	requireTestbed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	podRoutes(ctx, t)
+	const ns = "lock"
+	sel := map[string]string{"app": "lock"}
+	if _, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "lock-1", Node: 1, Labels: sel,
+		Ports: []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}, Ready: true}); err != nil {
+		t.Fatal(err)
+	}
+	first := createService(ctx, t, ns, "first", v1.ProtocolTCP, 80, "http", sel)
+
+	// A private lock file, so the test never contends with the machine's own.
+	lock := t.TempDir() + "/xtables.lock"
+	dir := t.TempDir()
+	cfg := tb.AgentConfig(dir)
+	cfg.Proxy.IPTablesVariant = "legacy"
+	cfg.HealthzBindAddress, cfg.MetricsBindAddress = "127.0.0.1:21300", "127.0.0.1:21301"
+	a, err := tb.NewAgent(agentBin, dir, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Env = []string{"XTABLES_LOCKFILE=" + lock}
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = a.Stop()
+		if t.Failed() {
+			t.Logf("agent log:\n%s", a.Log())
+		}
+		_, _ = a.Run(context.Background(), "cleanup")
+	})
+	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	firstAddr := net.JoinHostPort(first.Spec.ClusterIPs[0], "80")
+	waitFor(t, 5*time.Second, "first service", func() error { _, err := askTCP(ctx, firstAddr); return err })
+
+	holder := exec.CommandContext(ctx, "flock", lock, "sleep", "10")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	held := time.Now()
+	time.Sleep(200 * time.Millisecond)
+	second := createService(ctx, t, ns, "second", v1.ProtocolTCP, 80, "http", sel)
+	secondAddr := net.JoinHostPort(second.Spec.ClusterIPs[0], "80")
+	for time.Since(held) < 9*time.Second {
+		if _, err := askTCP(ctx, firstAddr); err != nil {
+			t.Fatalf("programmed service broke while the lock was held: %v", err)
+		}
+		if _, err := askTCP(ctx, secondAddr); err == nil {
+			t.Fatalf("new service programmed while another process held the xtables lock")
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	_ = holder.Wait()
+	took := waitFor(t, 10*time.Second, "second service after the lock is released", func() error { _, err := askTCP(ctx, secondAddr); return err })
+	t.Logf("second service reachable %v after the lock was released", took.Round(time.Millisecond))
+	if _, err := askTCP(ctx, firstAddr); err != nil {
+		t.Errorf("first service: %v", err)
+	}
 }
