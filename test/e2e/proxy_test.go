@@ -14,10 +14,12 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	"github.com/bridge-agent/bridge-agent/internal/daemon"
 	"github.com/bridge-agent/bridge-agent/internal/testbed"
 )
 
@@ -498,5 +500,105 @@ func TestProxyXtablesLock(t *testing.T) {
 	t.Logf("second service reachable %v after the lock was released", took.Round(time.Millisecond))
 	if _, err := askTCP(ctx, firstAddr); err != nil {
 		t.Errorf("first service: %v", err)
+	}
+}
+
+// TestProxyTerminatingAndLargeSlices: graceful deletion keeps serving
+// endpoints in use when nothing is ready (terminating fallback), and a
+// Service with 5,000 endpoints in five slices neither crashes the agent nor
+// holds up other Services' rules.
+func TestProxyTerminatingAndLargeSlices(t *testing.T) {
+	requireTestbed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	podRoutes(ctx, t)
+	const ns = "term"
+	sel := map[string]string{"app": "term"}
+	for i := 1; i <= 2; i++ {
+		if _, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: fmt.Sprintf("term-%d", i), Node: i, Labels: sel,
+			Ports: []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}, Ready: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc := createService(ctx, t, ns, "term", v1.ProtocolTCP, 80, "http", sel)
+	a := startAgent(t, true)
+	t.Cleanup(func() { _, _ = a.Run(context.Background(), "cleanup") })
+	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort(svc.Spec.ClusterIPs[0], "80")
+	waitFor(t, 5*time.Second, "service answers", func() error { _, err := askTCP(ctx, addr); return err })
+
+	graceful := func(name string) {
+		t.Helper()
+		if err := tb.Client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](600)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	only := func(want ...string) func() error {
+		return func() error {
+			got, err := hits(ctx, askTCP, addr, 12)
+			if err != nil {
+				return err
+			}
+			for _, w := range want {
+				if got[w] == 0 {
+					return fmt.Errorf("%s got no traffic: %v", w, got)
+				}
+			}
+			if len(got) != len(want) {
+				return fmt.Errorf("traffic went to %v, want only %v", got, want)
+			}
+			return nil
+		}
+	}
+	// One terminating, one ready: only the ready one.
+	graceful("term-1")
+	waitFor(t, 5*time.Second, "terminating pod leaves rotation while another is ready", only("term-2"))
+	// Both terminating (still serving): fall back to them rather than reject.
+	graceful("term-2")
+	waitFor(t, 5*time.Second, "fallback to serving terminating endpoints", only("term-1", "term-2"))
+
+	// 5,000 endpoints in five slices written directly.
+	_, err := tb.Client.CoreV1().Services(ns).Create(ctx, &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "big"},
+		Spec:       v1.ServiceSpec{Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s := range 5 {
+		es := &discoveryv1.EndpointSlice{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("big-%d", s), Labels: map[string]string{
+				discoveryv1.LabelServiceName: "big", discoveryv1.LabelManagedBy: "e2e.bridge-agent",
+			}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(v1.ProtocolTCP)}},
+		}
+		for i := range 1000 {
+			es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("10.251.%d.%d", s*4+i/250, 1+i%250)}})
+		}
+		if _, err := tb.Client.DiscoveryV1().EndpointSlices(ns).Create(ctx, es, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	if _, err := a.WaitStatus(ctx, 30*time.Second, func(st *daemon.Status) bool {
+		s := findService(st, ns, "big")
+		return s != nil && len(s.Ports[0].Endpoints) == 5000 && st.LastSync.Error == ""
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("5,000-endpoint service in the snapshot after %v", time.Since(start).Round(time.Millisecond))
+	// Other services keep being programmed.
+	other := createService(ctx, t, ns, "other", v1.ProtocolTCP, 80, "http", sel)
+	otherAddr := net.JoinHostPort(other.Spec.ClusterIPs[0], "80")
+	took := waitFor(t, 5*time.Second, "a Service created beside the large one", func() error { _, err := askTCP(ctx, otherAddr); return err })
+	t.Logf("new service reachable %v after creation, beside 5,000 endpoints", took.Round(time.Millisecond))
+	if out := vmExec(ctx, t, "iptables-save", "-t", "nat"); strings.Count(out, "-j DNAT") < 5000 {
+		t.Errorf("want at least 5,000 DNAT rules, got %d", strings.Count(out, "-j DNAT"))
+	}
+	for _, p := range []string{"term-1", "term-2"} {
+		_ = tb.DeletePod(ctx, ns, p)
 	}
 }
