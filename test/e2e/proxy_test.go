@@ -602,3 +602,85 @@ func TestProxyTerminatingAndLargeSlices(t *testing.T) {
 		_ = tb.DeletePod(ctx, ns, p)
 	}
 }
+
+// TestProxyUDPConntrack: a UDP client that keeps its source port (one
+// conntrack entry) follows the Service when its endpoint goes away, and
+// when the Service goes from no endpoints to one.
+func TestProxyUDPConntrack(t *testing.T) {
+	requireTestbed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	podRoutes(ctx, t)
+	const ns = "udpct"
+	sel := map[string]string{"app": "udpct"}
+	port := []testbed.Port{{Name: "dns", Port: 5353, Protocol: "UDP"}}
+	if _, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "u-1", Node: 1, Labels: sel, Ports: port, Ready: true}); err != nil {
+		t.Fatal(err)
+	}
+	svc := createService(ctx, t, ns, "u", v1.ProtocolUDP, 53, "dns", sel)
+	a := startAgent(t, true)
+	t.Cleanup(func() { _, _ = a.Run(context.Background(), "cleanup") })
+	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	pc, err := tb.ListenPacket(tb.VMNetns, "udp", "10.250.0.10:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	dst := &net.UDPAddr{IP: net.ParseIP(svc.Spec.ClusterIPs[0]), Port: 53}
+	ask := func() (string, error) {
+		if _, err := pc.WriteTo([]byte("who"), dst); err != nil {
+			return "", err
+		}
+		_ = pc.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		buf := make([]byte, 128)
+		n, _, err := pc.ReadFrom(buf)
+		return string(buf[:n]), err
+	}
+	answeredBy := func(want string) func() error {
+		return func() error {
+			got, err := ask()
+			if err == nil && got != want {
+				err = fmt.Errorf("answered by %q, want %q", got, want)
+			}
+			return err
+		}
+	}
+	waitFor(t, 5*time.Second, "u-1 answers", answeredBy("u-1"))
+
+	// Replace the endpoint: same client socket, new pod.
+	if _, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "u-2", Node: 2, Labels: sel, Ports: port, Ready: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.DeletePod(ctx, ns, "u-1"); err != nil {
+		t.Fatal(err)
+	}
+	took := waitFor(t, 3*time.Second, "flow moves to u-2 after u-1 is deleted", answeredBy("u-2"))
+	t.Logf("UDP flow followed the endpoint change in %v", took.Round(time.Millisecond))
+
+	// N -> 0 -> N.
+	if err := tb.DeletePod(ctx, ns, "u-2"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, "no endpoints: rejected", func() error {
+		if _, err := ask(); err == nil {
+			return errors.New("still answered")
+		}
+		return nil
+	})
+	if _, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "u-3", Node: 1, Labels: sel, Ports: port, Ready: true}); err != nil {
+		t.Fatal(err)
+	}
+	took = waitFor(t, 3*time.Second, "flow reaches u-3 after 0 -> 1 endpoints", answeredBy("u-3"))
+	t.Logf("UDP flow recovered from 0 endpoints in %v", took.Round(time.Millisecond))
+
+	_, body, err := httpGet(ctx, "http://"+a.Config.MetricsBindAddress+"/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(body, "bridge_agent_network_programming_duration_seconds_count") || strings.Contains(body, "bridge_agent_network_programming_duration_seconds_count 0\n") {
+		t.Errorf("network programming latency not recorded")
+	}
+	_ = tb.DeletePod(ctx, ns, "u-3")
+}
