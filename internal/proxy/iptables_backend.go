@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
@@ -45,7 +45,10 @@ type IPTables struct {
 	observed uint64 // newest snapshot version counted in metrics.programming
 
 	applied map[Family]*appliedState
+
+	mu      sync.Mutex // guards stats and written, read by Status concurrently with Sync
 	stats   map[Family]RenderStats
+	written map[Family]time.Time
 	warned  map[cluster.ServiceKey]bool
 }
 
@@ -88,6 +91,7 @@ func newIPTables(o IPTablesOptions, x xtables, ct conntrackCleaner) *IPTables {
 		opts: o, x: x, conntrack: ct, log: o.Logger, now: time.Now, metrics: newProxyMetrics(),
 		applied: map[Family]*appliedState{},
 		stats:   map[Family]RenderStats{},
+		written: map[Family]time.Time{},
 		warned:  map[cluster.ServiceKey]bool{},
 	}
 }
@@ -178,15 +182,45 @@ func (p *IPTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 	st := &appliedState{nat: nat, filter: filter, at: now, udp: udpServicePorts(snap, fam, p.opts.Zone)}
 	p.clearStaleConntrack(fam, last, st)
 	p.applied[fam] = st
+	p.mu.Lock()
 	p.stats[fam] = stats
+	p.written[fam] = now
+	p.mu.Unlock()
 	p.log.Debug("iptables rules written", "family", fam.String(), "services", stats.Services,
 		"endpoints", stats.Endpoints, "noEndpoints", stats.NoEndpoints, "bytes", len(payload))
 	return nil
 }
 
-// Stats returns the counts of the last write per family.
-func (p *IPTables) Stats() map[Family]RenderStats {
-	return maps.Clone(p.stats)
+// FamilyStatus is what the proxy shows of one family in `bridge-agent status`.
+type FamilyStatus struct {
+	Services     int       `json:"services"`
+	ServicePorts int       `json:"servicePorts"`
+	Endpoints    int       `json:"endpoints"`
+	NoEndpoints  int       `json:"portsWithoutEndpoints"`
+	NATRules     int       `json:"natRules"`
+	FilterRules  int       `json:"filterRules"`
+	LastWrite    time.Time `json:"lastWrite,omitzero"`
+}
+
+// ProxyStatus is the proxy's status detail.
+type ProxyStatus struct {
+	Mode     string                  `json:"mode"`
+	Variant  Variant                 `json:"variant"`
+	Families map[string]FamilyStatus `json:"families"`
+}
+
+// Status implements daemon.StatusReporter.
+func (p *IPTables) Status() any {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := ProxyStatus{Mode: "iptables", Variant: p.opts.Variant, Families: map[string]FamilyStatus{}}
+	for fam, s := range p.stats {
+		st.Families[fam.String()] = FamilyStatus{
+			Services: s.Services, ServicePorts: s.ServicePorts, Endpoints: s.Endpoints, NoEndpoints: s.NoEndpoints,
+			NATRules: s.NATRules, FilterRules: s.FilterRules, LastWrite: p.written[fam],
+		}
+	}
+	return st
 }
 
 func isMissingChain(err error) bool {
