@@ -49,6 +49,8 @@ func podRoutes(ctx context.Context, t *testing.T) {
 			added = append(added, []string{"ip", "route", "del", c, "via", via, "proto", "static"})
 		}
 	}
+	// (Initial reachability waits are generous: they include the
+	// EndpointSlice controller, which is slow on a loaded machine.)
 	// Locally sent packets need a route before the nat OUTPUT hook sees
 	// them; a real host's default route plays that part. The sandbox VM has
 	// none, so give the service ranges one.
@@ -237,7 +239,7 @@ func testProxyIPTables(t *testing.T, variant, ns string) {
 
 	for _, ip := range svc.Spec.ClusterIPs {
 		addr := net.JoinHostPort(ip, "80")
-		waitFor(t, 5*time.Second, "service answers on "+addr, func() error { _, err := askTCP(ctx, addr); return err })
+		waitFor(t, 20*time.Second, "service answers on "+addr, func() error { _, err := askTCP(ctx, addr); return err })
 		got, err := hits(ctx, askTCP, addr, 40)
 		if err != nil {
 			t.Fatalf("%s: %v (%v)", addr, err, got)
@@ -248,7 +250,7 @@ func testProxyIPTables(t *testing.T, variant, ns string) {
 	}
 	for _, ip := range echo.Spec.ClusterIPs {
 		addr := net.JoinHostPort(ip, "7")
-		waitFor(t, 5*time.Second, "UDP service answers on "+addr, func() error {
+		waitFor(t, 20*time.Second, "UDP service answers on "+addr, func() error {
 			name, err := askUDP(ctx, addr)
 			if err == nil && name != "echo-1" {
 				err = fmt.Errorf("answered by %q", name)
@@ -338,11 +340,11 @@ func TestProxyResilience(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := net.JoinHostPort(svc.Spec.ClusterIPs[0], "80")
-	waitFor(t, 5*time.Second, "service answers", func() error { _, err := askTCP(ctx, addr); return err })
+	waitFor(t, 20*time.Second, "service answers", func() error { _, err := askTCP(ctx, addr); return err })
 
 	// Affinity: every connection from this host lands on the same pod.
 	stickyAddr := net.JoinHostPort(sticky.Spec.ClusterIPs[0], "80")
-	waitFor(t, 5*time.Second, "sticky service answers", func() error { _, err := askTCP(ctx, stickyAddr); return err })
+	waitFor(t, 20*time.Second, "sticky service answers", func() error { _, err := askTCP(ctx, stickyAddr); return err })
 	if got, err := hits(ctx, askTCP, stickyAddr, 20); err != nil || len(got) != 1 {
 		t.Errorf("sessionAffinity ClientIP: want one pod, got %v (%v)", got, err)
 	}
@@ -476,7 +478,7 @@ func TestProxyXtablesLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	firstAddr := net.JoinHostPort(first.Spec.ClusterIPs[0], "80")
-	waitFor(t, 5*time.Second, "first service", func() error { _, err := askTCP(ctx, firstAddr); return err })
+	waitFor(t, 20*time.Second, "first service", func() error { _, err := askTCP(ctx, firstAddr); return err })
 
 	holder := exec.CommandContext(ctx, "flock", lock, "sleep", "10")
 	if err := holder.Start(); err != nil {
@@ -527,7 +529,7 @@ func TestProxyTerminatingAndLargeSlices(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := net.JoinHostPort(svc.Spec.ClusterIPs[0], "80")
-	waitFor(t, 5*time.Second, "service answers", func() error { _, err := askTCP(ctx, addr); return err })
+	waitFor(t, 20*time.Second, "service answers", func() error { _, err := askTCP(ctx, addr); return err })
 
 	graceful := func(name string) {
 		t.Helper()
@@ -554,10 +556,10 @@ func TestProxyTerminatingAndLargeSlices(t *testing.T) {
 	}
 	// One terminating, one ready: only the ready one.
 	graceful("term-1")
-	waitFor(t, 5*time.Second, "terminating pod leaves rotation while another is ready", only("term-2"))
+	waitFor(t, 15*time.Second, "terminating pod leaves rotation while another is ready", only("term-2"))
 	// Both terminating (still serving): fall back to them rather than reject.
 	graceful("term-2")
-	waitFor(t, 5*time.Second, "fallback to serving terminating endpoints", only("term-1", "term-2"))
+	waitFor(t, 15*time.Second, "fallback to serving terminating endpoints", only("term-1", "term-2"))
 
 	// 5,000 endpoints in five slices written directly.
 	_, err := tb.Client.CoreV1().Services(ns).Create(ctx, &v1.Service{
@@ -593,7 +595,7 @@ func TestProxyTerminatingAndLargeSlices(t *testing.T) {
 	// Other services keep being programmed.
 	other := createService(ctx, t, ns, "other", v1.ProtocolTCP, 80, "http", sel)
 	otherAddr := net.JoinHostPort(other.Spec.ClusterIPs[0], "80")
-	took := waitFor(t, 5*time.Second, "a Service created beside the large one", func() error { _, err := askTCP(ctx, otherAddr); return err })
+	took := waitFor(t, 15*time.Second, "a Service created beside the large one", func() error { _, err := askTCP(ctx, otherAddr); return err })
 	t.Logf("new service reachable %v after creation, beside 5,000 endpoints", took.Round(time.Millisecond))
 	if out := vmExec(ctx, t, "iptables-save", "-t", "nat"); strings.Count(out, "-j DNAT") < 5000 {
 		t.Errorf("want at least 5,000 DNAT rules, got %d", strings.Count(out, "-j DNAT"))
@@ -647,7 +649,7 @@ func TestProxyUDPConntrack(t *testing.T) {
 			return err
 		}
 	}
-	waitFor(t, 5*time.Second, "u-1 answers", answeredBy("u-1"))
+	waitFor(t, 20*time.Second, "u-1 answers", answeredBy("u-1"))
 
 	// Replace the endpoint: same client socket, new pod.
 	if _, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "u-2", Node: 2, Labels: sel, Ports: port, Ready: true}); err != nil {
