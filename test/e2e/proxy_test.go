@@ -49,8 +49,6 @@ func podRoutes(ctx context.Context, t *testing.T) {
 			added = append(added, []string{"ip", "route", "del", c, "via", via, "proto", "static"})
 		}
 	}
-	// (Initial reachability waits are generous: they include the
-	// EndpointSlice controller, which is slow on a loaded machine.)
 	// Locally sent packets need a route before the nat OUTPUT hook sees
 	// them; a real host's default route plays that part. The sandbox VM has
 	// none, so give the service ranges one.
@@ -115,6 +113,9 @@ func hits(ctx context.Context, ask func(context.Context, string) (string, error)
 	return got, nil
 }
 
+// waitFor polls cond until it holds. Waits for first reachability are
+// generous, as they include the EndpointSlice controller's latency, which
+// grows on a loaded machine; waits that measure the agent are tight.
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error) time.Duration {
 	t.Helper()
 	start := time.Now()
