@@ -5,7 +5,7 @@ package deploy
 import _ "embed"
 
 // RBAC is the content of rbac.yaml: the bridge-agent Namespace, ServiceAccount,
-// read-only ClusterRole (services, nodes, endpointslices) and its binding.
+// read-only ClusterRole (services, nodes, endpointslices, servicecidrs) and its binding.
 //
 //go:embed rbac.yaml
 var RBAC []byte

@@ -9,6 +9,7 @@ import (
 	"os"
 
 	"github.com/bridge-agent/bridge-agent/internal/proxy"
+	"github.com/bridge-agent/bridge-agent/internal/routes"
 )
 
 // cleanupCmd removes what the agent leaves on the host. It never needs the
@@ -29,6 +30,15 @@ func cleanupCmd(args []string, stdout, stderr io.Writer) int {
 		failed = true
 	} else {
 		fmt.Fprintln(stdout, "removed iptables chains and jumps of ours (legacy and nft, IPv4 and IPv6)")
+	}
+	if removed, err := routes.Cleanup(cfg.Routes.Protocol); err != nil {
+		fmt.Fprintf(stderr, "bridge-agent: cleanup: %v\n", err)
+		failed = true
+	} else {
+		fmt.Fprintf(stdout, "removed %d routes of ours (protocol %d, every table, IPv4 and IPv6)\n", len(removed), cfg.Routes.Protocol)
+		for _, r := range removed {
+			fmt.Fprintf(stdout, "  %s\n", r)
+		}
 	}
 	for _, p := range []string{cfg.HostPath(cfg.StatusSocket), cfg.HostPath(cfg.StateDir)} {
 		if err := os.RemoveAll(p); err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/bridge-agent/bridge-agent/internal/config"
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
 	"github.com/bridge-agent/bridge-agent/internal/proxy"
+	"github.com/bridge-agent/bridge-agent/internal/routes"
 	"github.com/bridge-agent/bridge-agent/internal/version"
 )
 
@@ -77,6 +78,12 @@ func runCmd(args []string, stderr io.Writer) int {
 // newConsumers builds the host-side consumers the configuration asks for.
 func newConsumers(ctx context.Context, cfg *config.Config, log *slog.Logger) ([]daemon.Consumer, error) {
 	var out []daemon.Consumer
+	rt, err := routes.New(cfg, log.With("consumer", "routes"))
+	if err != nil {
+		return nil, err
+	}
+	log.Info("routes", "mode", cfg.Routes.Mode, "protocol", cfg.Routes.Protocol, "table", cfg.Routes.Table)
+	out = append(out, rt)
 	if cfg.Proxy.Mode == "iptables" {
 		variant := proxy.Variant(cfg.Proxy.IPTablesVariant)
 		if variant == "auto" {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
+	"github.com/bridge-agent/bridge-agent/internal/routes"
 )
 
 func statusCmd(args []string, stdout, stderr io.Writer) int {
@@ -107,6 +108,7 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) {
 		}
 		fmt.Fprintln(w)
 	}
+	printRoutes(w, st)
 
 	fmt.Fprintf(w, "\nServices (%d, %d endpoints):\n", len(st.Snapshot.Services), st.Snapshot.Endpoints)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -186,4 +188,21 @@ func joinAddrs[T fmt.Stringer](addrs []T) string {
 		s[i] = a.String()
 	}
 	return strings.Join(s, ",")
+}
+
+// printRoutes shows the routes consumer's details: the routes it keeps,
+// those it cannot have and why, and the cluster's pod and Service ranges.
+func printRoutes(w io.Writer, st *daemon.Status) {
+	for _, c := range st.Consumers {
+		if c.Name != "routes" || len(c.Details) == 0 {
+			continue
+		}
+		var rs routes.Status
+		if err := json.Unmarshal(c.Details, &rs); err != nil {
+			fmt.Fprintf(w, "\nRoutes: cannot decode: %v\n", err)
+			return
+		}
+		fmt.Fprintln(w, "\nRoutes:")
+		rs.WriteText(w)
+	}
 }

@@ -8,6 +8,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	networking "k8s.io/api/networking/v1"
 )
 
 // Well-known labels and annotations the agent reads.
@@ -194,6 +195,17 @@ func convertNode(n *v1.Node) *Node {
 	for _, c := range cidrs {
 		if p, err := netip.ParsePrefix(c); err == nil {
 			out.PodCIDRs = append(out.PodCIDRs, p.Masked())
+		}
+	}
+	return out
+}
+
+// convertServiceCIDR returns the valid ranges of a ServiceCIDR.
+func convertServiceCIDR(sc *networking.ServiceCIDR) []netip.Prefix {
+	var out []netip.Prefix
+	for _, c := range sc.Spec.CIDRs {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			out = append(out, p.Masked())
 		}
 	}
 	return out

@@ -9,8 +9,11 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	networking "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	clientdiscovery "k8s.io/client-go/discovery"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -34,6 +37,13 @@ type Watcher struct {
 	mu        sync.Mutex
 	lastErr   error
 	lastErrAt time.Time
+
+	// cidrF watches ServiceCIDRs. It starts only once discovery shows the
+	// cluster serves them (Kubernetes 1.33 and later), and readiness does
+	// not wait for it: the agent works without knowing the Service ranges.
+	cidrF     informers.SharedInformerFactory
+	discovery clientdiscovery.DiscoveryInterface
+	cidrWG    sync.WaitGroup
 }
 
 // watchError records a list/watch failure for status, then logs it the way
@@ -91,7 +101,23 @@ func NewWatcher(client kubernetes.Interface, t *Tracker, o WatchOptions) (*Watch
 	sliceF := informers.NewSharedInformerFactoryWithOptions(client, 0, sliceOpts...)
 	nodeF := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(StripUnused))
 
+	cidrF := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(StripUnused))
+
 	w := &Watcher{factories: []informers.SharedInformerFactory{svcF, sliceF, nodeF}}
+	w.cidrF, w.discovery = cidrF, client.Discovery()
+	cidrInf := cidrF.Networking().V1().ServiceCIDRs().Informer()
+	_, err := cidrInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { t.UpdateServiceCIDR(obj.(*networking.ServiceCIDR)) },
+		UpdateFunc: func(_, obj any) { t.UpdateServiceCIDR(obj.(*networking.ServiceCIDR)) },
+		DeleteFunc: func(obj any) {
+			if _, name, ok := deletedKey(obj); ok {
+				t.DeleteServiceCIDR(name)
+			}
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("watch: add handler: %w", err)
+	}
 	handlers := []struct {
 		inf cache.SharedIndexInformer
 		h   cache.ResourceEventHandlerFuncs
@@ -143,6 +169,48 @@ func (w *Watcher) Start(ctx context.Context) {
 	for _, f := range w.factories {
 		f.Start(ctx.Done())
 	}
+	w.cidrWG.Go(func() { w.startServiceCIDRs(ctx) })
+}
+
+// startServiceCIDRs starts the ServiceCIDR informer once discovery says the
+// API server serves networking.k8s.io/v1 servicecidrs; it gives up quietly
+// when the server does not, and retries while the server is unreachable.
+func (w *Watcher) startServiceCIDRs(ctx context.Context) {
+	disc := clientdiscovery.ToDiscoveryInterfaceWithContext(w.discovery)
+	for {
+		served, err := servesServiceCIDRs(ctx, disc)
+		if err == nil {
+			if served {
+				w.cidrF.Start(ctx.Done())
+			}
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+// servesServiceCIDRs asks discovery whether the API server has
+// networking.k8s.io/v1 servicecidrs.
+func servesServiceCIDRs(ctx context.Context, disc clientdiscovery.DiscoveryInterfaceWithContext) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	list, err := disc.ServerResourcesForGroupVersionWithContext(ctx, networking.SchemeGroupVersion.String())
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	for _, r := range list.APIResources {
+		if r.Name == "servicecidrs" {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // Shutdown waits for the informers' goroutines after ctx has ended.
@@ -150,6 +218,8 @@ func (w *Watcher) Shutdown() {
 	for _, f := range w.factories {
 		f.Shutdown()
 	}
+	w.cidrWG.Wait()
+	w.cidrF.Shutdown()
 }
 
 // HasSynced reports whether Services, EndpointSlices and Nodes have all been
@@ -197,6 +267,10 @@ func StripUnused(obj any) (any, error) {
 			o.Endpoints[i].TargetRef = nil
 			o.Endpoints[i].DeprecatedTopology = nil
 		}
+	case *networking.ServiceCIDR:
+		o.ManagedFields = nil
+		o.Annotations = nil
+		o.Status = networking.ServiceCIDRStatus{}
 	case *v1.Node:
 		o.ManagedFields = nil
 		o.Annotations = nil

@@ -2,12 +2,14 @@ package cluster
 
 import (
 	"maps"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	networking "k8s.io/api/networking/v1"
 )
 
 // Tracker records what changed and builds snapshots. Event handlers only
@@ -29,6 +31,10 @@ type Tracker struct {
 	nodesDirty bool
 	last       *Snapshot
 	onChange   func()
+
+	// serviceCIDRs are the ranges of each ServiceCIDR object by name.
+	serviceCIDRs map[string][]netip.Prefix
+	cidrsDirty   bool
 }
 
 type sliceRef struct{ namespace, name string }
@@ -55,6 +61,8 @@ func NewTracker(o TrackerOptions) *Tracker {
 		built:      map[ServiceKey]*Service{},
 		dirty:      map[ServiceKey]struct{}{},
 		onChange:   o.OnChange,
+
+		serviceCIDRs: map[string][]netip.Prefix{},
 	}
 	if len(o.Namespaces) > 0 {
 		t.namespaces = map[string]bool{}
@@ -170,6 +178,32 @@ func (t *Tracker) DeleteNode(name string) {
 	}
 }
 
+// UpdateServiceCIDR records a ServiceCIDR added or updated.
+func (t *Tracker) UpdateServiceCIDR(sc *networking.ServiceCIDR) {
+	cidrs := convertServiceCIDR(sc)
+	t.mu.Lock()
+	old, had := t.serviceCIDRs[sc.Name]
+	t.serviceCIDRs[sc.Name] = cidrs
+	changed := !had || !slices.Equal(old, cidrs)
+	t.cidrsDirty = t.cidrsDirty || changed
+	t.mu.Unlock()
+	if changed {
+		t.changed()
+	}
+}
+
+// DeleteServiceCIDR records a ServiceCIDR removed.
+func (t *Tracker) DeleteServiceCIDR(name string) {
+	t.mu.Lock()
+	_, had := t.serviceCIDRs[name]
+	delete(t.serviceCIDRs, name)
+	t.cidrsDirty = t.cidrsDirty || had
+	t.mu.Unlock()
+	if had {
+		t.changed()
+	}
+}
+
 // Counts reports how many objects the tracker holds.
 func (t *Tracker) Counts() (services, slices, nodes int) {
 	t.mu.Lock()
@@ -183,7 +217,7 @@ func (t *Tracker) Counts() (services, slices, nodes int) {
 func (t *Tracker) Snapshot() *Snapshot {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.last != nil && len(t.dirty) == 0 && !t.nodesDirty {
+	if t.last != nil && len(t.dirty) == 0 && !t.nodesDirty && !t.cidrsDirty {
 		return t.last
 	}
 	first := t.last == nil
@@ -226,6 +260,17 @@ func (t *Tracker) Snapshot() *Snapshot {
 		maps.Copy(nodes, t.nodes)
 	}
 	t.nodesDirty = false
+	var serviceCIDRs []netip.Prefix
+	if t.last != nil && !t.cidrsDirty {
+		serviceCIDRs = t.last.ServiceCIDRs
+	} else {
+		for _, cidrs := range t.serviceCIDRs {
+			serviceCIDRs = append(serviceCIDRs, cidrs...)
+		}
+		slices.SortFunc(serviceCIDRs, comparePrefixes)
+		serviceCIDRs = slices.Compact(serviceCIDRs)
+	}
+	t.cidrsDirty = false
 	var version uint64 = 1
 	if t.last != nil {
 		version = t.last.Version + 1
@@ -236,6 +281,16 @@ func (t *Tracker) Snapshot() *Snapshot {
 		Services: maps.Clone(t.built),
 		Nodes:    nodes,
 		Changed:  changed,
+
+		ServiceCIDRs: serviceCIDRs,
 	}
 	return t.last
+}
+
+// comparePrefixes orders prefixes IPv4 first, then by address and length.
+func comparePrefixes(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
 }

@@ -93,6 +93,10 @@ type Snapshot struct {
 	Services map[ServiceKey]*Service `json:"-"`
 	// Nodes by name. Treat as read-only.
 	Nodes map[string]*Node `json:"-"`
+	// ServiceCIDRs are the cluster's Service IP ranges from its ServiceCIDR
+	// objects (networking.k8s.io/v1), sorted and deduplicated; empty when
+	// the cluster serves none. Treat as read-only.
+	ServiceCIDRs []netip.Prefix `json:"-"`
 	// Changed lists the Services added, updated or removed since the previous
 	// snapshot (all of them in the first one), for incremental consumers.
 	Changed []ServiceKey `json:"-"`

@@ -64,6 +64,7 @@ type Config struct {
 	Scope Scope `json:"scope,omitempty"`
 
 	Proxy   Proxy   `json:"proxy,omitempty"`
+	Routes  Routes  `json:"routes,omitempty"`
 	DNS     DNS     `json:"dns,omitempty"`
 	Logging Logging `json:"logging,omitempty"`
 }
@@ -109,6 +110,53 @@ type Proxy struct {
 	SyncPeriod metav1.Duration `json:"syncPeriod,omitempty"`
 }
 
+// Route modes.
+const (
+	// RoutesNodes routes each Node's pod CIDRs via that Node's InternalIP.
+	RoutesNodes = "nodes"
+	// RoutesGateway routes configured CIDRs via configured gateways or a
+	// device.
+	RoutesGateway = "gateway"
+	// RoutesNone installs no routes (and removes those of an earlier run).
+	RoutesNone = "none"
+)
+
+// DefaultRouteProtocol marks the agent's routes (0x62). It is listed
+// neither in iproute2's rt_protos nor among the kernel's RTPROT_* values,
+// so no routing daemon claims it. `ip route show proto 98` shows the
+// agent's routes.
+const DefaultRouteProtocol = 98
+
+// DefaultRouteTable is the main routing table.
+const DefaultRouteTable = 254
+
+// Routes configures the routes to the cluster's pod networks.
+type Routes struct {
+	// Mode is nodes (default), gateway or none. nodes: every Node's pod
+	// CIDRs via its InternalIP of the same family, for Nodes on a subnet
+	// this host is directly connected to. gateway: cidrs via gateways or
+	// device. none: no routes.
+	Mode string `json:"mode,omitempty"`
+	// Protocol is the route protocol number that marks the agent's routes
+	// (default 98, 0x62). The agent changes and removes only routes with
+	// this protocol; cleanup removes all of them. Values the kernel or
+	// well-known routing daemons use are refused.
+	Protocol int `json:"protocol,omitempty"`
+	// Table is the routing table for the routes (default 254, main). With
+	// another table, a policy rule that consults it is the admin's to add.
+	Table int `json:"table,omitempty"`
+	// CIDRs are the destinations of gateway mode, e.g. the cluster's pod
+	// range 10.244.0.0/16.
+	CIDRs []string `json:"cidrs,omitempty"`
+	// Gateways are the next hops of gateway mode; several of one family
+	// make an equal-cost multipath route.
+	Gateways []string `json:"gateways,omitempty"`
+	// Device, in gateway mode, is the interface for the routes: the
+	// gateways' interface, or, for a family without gateways, a route
+	// straight onto this link.
+	Device string `json:"device,omitempty"`
+}
+
 // DNS configures the local DNS stub.
 type DNS struct {
 	// ListenAddress is ip:port of the stub. It must be a local address; the
@@ -141,6 +189,11 @@ func Default() *Config {
 			Masquerade:      "auto",
 			MinSyncPeriod:   metav1.Duration{Duration: time.Second},
 			SyncPeriod:      metav1.Duration{Duration: 30 * time.Second},
+		},
+		Routes: Routes{
+			Mode:     RoutesNodes,
+			Protocol: DefaultRouteProtocol,
+			Table:    DefaultRouteTable,
 		},
 		DNS:     DNS{ListenAddress: "127.0.0.77:53"},
 		Logging: Logging{Format: "text"},
@@ -289,6 +342,7 @@ func (c *Config) Validate() error {
 			bad(f.name, quote(f.value), "must be one of "+strings.Join(f.allowed, ", "))
 		}
 	}
+	c.validateRoutes(bad)
 	if c.Logging.Format != "text" && c.Logging.Format != "json" {
 		bad("logging.format", quote(c.Logging.Format), `must be "text" or "json"`)
 	}
@@ -357,3 +411,115 @@ func isLabel(s string) bool {
 }
 
 func quote(s string) string { return fmt.Sprintf("%q", s) }
+
+// reservedRouteProtocols are route protocol numbers the kernel defines
+// (include/uapi/linux/rtnetlink.h) or iproute2 names in rt_protos: routes
+// carrying them belong to the kernel, the admin or a routing daemon, so the
+// agent must never claim them as its own.
+var reservedRouteProtocols = map[int]string{
+	0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static",
+	8: "gated", 9: "ra", 10: "mrt", 11: "zebra", 12: "bird", 13: "dnrouted",
+	14: "xorp", 15: "ntk", 16: "dhcp", 17: "mrouted", 18: "keepalived",
+	42: "babel", 99: "openr", 186: "bgp", 187: "isis", 188: "ospf", 189: "rip",
+	192: "eigrp",
+}
+
+// CheckRouteProtocol reports whether p may mark the agent's routes: a
+// route protocol number (1-255) that neither the kernel nor a well-known
+// routing daemon uses.
+func CheckRouteProtocol(p int) error {
+	if p < 1 || p > 255 {
+		return errors.New("must be a route protocol number from 5 to 255")
+	}
+	if name, ok := reservedRouteProtocols[p]; ok {
+		return fmt.Errorf("is the route protocol of %s; pick an unused one such as %d", name, DefaultRouteProtocol)
+	}
+	return nil
+}
+
+// validateRoutes checks the routes section.
+func (c *Config) validateRoutes(bad func(field string, value any, reason string)) {
+	r := &c.Routes
+	switch r.Mode {
+	case RoutesNodes, RoutesGateway, RoutesNone:
+	default:
+		bad("routes.mode", quote(r.Mode), "must be one of nodes, gateway, none")
+	}
+	if err := CheckRouteProtocol(r.Protocol); err != nil {
+		bad("routes.protocol", r.Protocol, err.Error())
+	}
+	switch {
+	case r.Table < 1 || r.Table > 1<<32-1:
+		bad("routes.table", r.Table, "must be a routing table number from 1 to 4294967295 (254 is main)")
+	case r.Table == 255:
+		bad("routes.table", r.Table, "is the kernel's local table")
+	}
+	if r.Mode != RoutesGateway {
+		for _, f := range []struct {
+			name string
+			set  bool
+		}{{"routes.cidrs", len(r.CIDRs) > 0}, {"routes.gateways", len(r.Gateways) > 0}, {"routes.device", r.Device != ""}} {
+			if f.set {
+				bad(f.name, "(set)", "only used with routes.mode: gateway")
+			}
+		}
+		return
+	}
+	if len(r.CIDRs) == 0 {
+		bad("routes.cidrs", "[]", "routes.mode: gateway needs at least one CIDR")
+	}
+	if len(r.Gateways) == 0 && r.Device == "" {
+		bad("routes.gateways", "[]", "routes.mode: gateway needs gateways, a device or both")
+	}
+	if r.Device != "" && !isIfName(r.Device) {
+		bad("routes.device", quote(r.Device), "must be an interface name (1 to 15 characters, no '/', ':' or spaces)")
+	}
+	families := map[bool]bool{} // is4 -> a gateway of that family exists
+	seenGw := map[netip.Addr]bool{}
+	for i, s := range r.Gateways {
+		a, err := netip.ParseAddr(s)
+		field := fmt.Sprintf("routes.gateways[%d]", i)
+		switch {
+		case err != nil || a.Zone() != "":
+			bad(field, quote(s), "must be an IP address")
+			continue
+		case !a.IsGlobalUnicast() && !a.IsLinkLocalUnicast():
+			bad(field, quote(s), "must be a unicast address")
+			continue
+		case a.Is6() && a.IsLinkLocalUnicast() && r.Device == "":
+			bad(field, quote(s), "a link-local gateway needs routes.device")
+			continue
+		case seenGw[a.Unmap()]:
+			bad(field, quote(s), "duplicate gateway")
+			continue
+		}
+		seenGw[a.Unmap()] = true
+		families[a.Unmap().Is4()] = true
+	}
+	seen := map[netip.Prefix]bool{}
+	for i, s := range r.CIDRs {
+		p, err := netip.ParsePrefix(s)
+		field := fmt.Sprintf("routes.cidrs[%d]", i)
+		switch {
+		case err != nil || p.Masked() != p:
+			bad(field, quote(s), "must be a CIDR such as 10.244.0.0/16 with no host bits")
+		case p.Bits() == 0:
+			bad(field, quote(s), "a default route is not the agent's to install")
+		case seen[p]:
+			bad(field, quote(s), "duplicate CIDR")
+		case !families[p.Addr().Is4()] && r.Device == "" && len(r.Gateways) > 0:
+			bad(field, quote(s), "no gateway of its family and no routes.device")
+		}
+		if err == nil {
+			seen[p] = true
+		}
+	}
+}
+
+// isIfName reports whether s is a valid Linux interface name.
+func isIfName(s string) bool {
+	if s == "" || len(s) > 15 || s == "." || s == ".." {
+		return false
+	}
+	return !strings.ContainsAny(s, "/: \t\n")
+}

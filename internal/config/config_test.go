@@ -49,6 +49,12 @@ scope:
 proxy:
   minSyncPeriod: 250ms
   syncPeriod: 1m
+routes:
+  mode: gateway
+  protocol: 0x61
+  table: 100
+  cidrs: [10.244.0.0/16]
+  gateways: [10.0.0.1, 10.0.0.2]
 dns:
   listenAddress: 127.0.0.78:5353
 logging:
@@ -66,6 +72,9 @@ logging:
 	}
 	if !slices.Equal(c.Scope.Namespaces, []string{"shop", "billing"}) || c.DNS.ListenAddress != "127.0.0.78:5353" {
 		t.Errorf("fields: %+v", c)
+	}
+	if r := c.Routes; r.Mode != RoutesGateway || r.Protocol != 0x61 || r.Table != 100 || len(r.Gateways) != 2 {
+		t.Errorf("routes: %+v", r)
 	}
 	if got := c.HostPath(c.StateDir); got != "/tmp/root/var/lib/bridge-agent" {
 		t.Errorf("HostPath = %q", got)
@@ -122,6 +131,43 @@ func TestValidateEachField(t *testing.T) {
 		{"proxy.mode", func(c *Config) { c.Proxy.Mode = "ipvs" }},
 		{"proxy.iptablesVariant", func(c *Config) { c.Proxy.IPTablesVariant = "xtables" }},
 		{"proxy.masquerade", func(c *Config) { c.Proxy.Masquerade = "sometimes" }},
+		{"routes.mode", func(c *Config) { c.Routes.Mode = "bgp" }},
+		{"routes.protocol", func(c *Config) { c.Routes.Protocol = 0 }},
+		{"routes.protocol", func(c *Config) { c.Routes.Protocol = 4 }},
+		{"routes.protocol", func(c *Config) { c.Routes.Protocol = 12 }},
+		{"routes.protocol", func(c *Config) { c.Routes.Protocol = 256 }},
+		{"routes.table", func(c *Config) { c.Routes.Table = 0 }},
+		{"routes.table", func(c *Config) { c.Routes.Table = 255 }},
+		{"routes.table", func(c *Config) { c.Routes.Table = 1 << 32 }},
+		{"routes.cidrs", func(c *Config) { c.Routes.CIDRs = []string{"10.244.0.0/16"} }},
+		{"routes.gateways", func(c *Config) { c.Routes.Gateways = []string{"10.0.0.1"} }},
+		{"routes.device", func(c *Config) { c.Routes.Device = "eth0" }},
+		{"routes.cidrs", func(c *Config) { c.Routes = gatewayRoutes(func(r *Routes) { r.CIDRs = nil }) }},
+		{"routes.cidrs[1]", func(c *Config) {
+			c.Routes = gatewayRoutes(func(r *Routes) { r.CIDRs = append(r.CIDRs, "10.244.0.1/16") })
+		}},
+		{"routes.cidrs[1]", func(c *Config) {
+			c.Routes = gatewayRoutes(func(r *Routes) { r.CIDRs = append(r.CIDRs, "10.244.0.0/16") })
+		}},
+		{"routes.cidrs[1]", func(c *Config) { c.Routes = gatewayRoutes(func(r *Routes) { r.CIDRs = append(r.CIDRs, "0.0.0.0/0") }) }},
+		{"routes.cidrs[1]", func(c *Config) {
+			c.Routes = gatewayRoutes(func(r *Routes) { r.CIDRs = append(r.CIDRs, "fd00:244::/56") })
+		}},
+		{"routes.gateways", func(c *Config) { c.Routes = gatewayRoutes(func(r *Routes) { r.Gateways = nil }) }},
+		{"routes.gateways[1]", func(c *Config) {
+			c.Routes = gatewayRoutes(func(r *Routes) { r.Gateways = append(r.Gateways, "gw.example") })
+		}},
+		{"routes.gateways[1]", func(c *Config) {
+			c.Routes = gatewayRoutes(func(r *Routes) { r.Gateways = append(r.Gateways, "10.0.0.1") })
+		}},
+		{"routes.gateways[1]", func(c *Config) {
+			c.Routes = gatewayRoutes(func(r *Routes) { r.Gateways = append(r.Gateways, "224.0.0.1") })
+		}},
+		{"routes.gateways[1]", func(c *Config) {
+			c.Routes = gatewayRoutes(func(r *Routes) { r.Gateways = append(r.Gateways, "fe80::1") })
+		}},
+		{"routes.device", func(c *Config) { c.Routes = gatewayRoutes(func(r *Routes) { r.Device = "a/b" }) }},
+		{"routes.device", func(c *Config) { c.Routes = gatewayRoutes(func(r *Routes) { r.Device = "averyveryverylongname" }) }},
 		{"logging.format", func(c *Config) { c.Logging.Format = "xml" }},
 		{"logging.verbosity", func(c *Config) { c.Logging.Verbosity = 11 }},
 	} {
@@ -139,6 +185,44 @@ func TestValidateEachField(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tc.field+":") {
 				t.Errorf("message does not name the field: %v", err)
+			}
+		})
+	}
+}
+
+// gatewayRoutes returns a valid gateway-mode routes section, changed by
+// mutate.
+func gatewayRoutes(mutate func(*Routes)) Routes {
+	r := Routes{
+		Mode: RoutesGateway, Protocol: DefaultRouteProtocol, Table: DefaultRouteTable,
+		CIDRs: []string{"10.244.0.0/16"}, Gateways: []string{"10.0.0.1"},
+	}
+	mutate(&r)
+	return r
+}
+
+func TestValidateRoutesGateway(t *testing.T) {
+	for name, r := range map[string]Routes{
+		"ecmp": gatewayRoutes(func(r *Routes) { r.Gateways = []string{"10.0.0.1", "10.0.0.2"} }),
+		"dual-stack": gatewayRoutes(func(r *Routes) {
+			r.CIDRs = []string{"10.244.0.0/16", "fd00:244::/56"}
+			r.Gateways = []string{"10.0.0.1", "fd00::1"}
+		}),
+		"device only":   gatewayRoutes(func(r *Routes) { r.Gateways = nil; r.Device = "wg0" }),
+		"v6 via device": gatewayRoutes(func(r *Routes) { r.CIDRs = append(r.CIDRs, "fd00:244::/56"); r.Device = "eth1" }),
+		"link-local and device": gatewayRoutes(func(r *Routes) {
+			r.CIDRs = []string{"fd00:244::/56"}
+			r.Gateways = []string{"fe80::1"}
+			r.Device = "eth1"
+		}),
+		"other table": gatewayRoutes(func(r *Routes) { r.Table = 100; r.Protocol = 0x61 }),
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := Default()
+			c.Kubeconfig = "/k"
+			c.Routes = r
+			if err := c.Validate(); err != nil {
+				t.Error(err)
 			}
 		})
 	}

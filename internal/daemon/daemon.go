@@ -311,6 +311,9 @@ func (d *Daemon) Status() *Status {
 	}
 	snap := d.snap
 	d.mu.Unlock()
+	for i, c := range d.consumers {
+		st.Consumers[i].Details = details(c)
+	}
 	st.Synced = d.watcher.HasSynced()
 	st.APIServer.Host = d.apiHost
 	if err, at := d.watcher.LastError(); err != nil {

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"encoding/json"
 	"time"
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
@@ -47,6 +48,9 @@ type ConsumerState struct {
 	Name      string    `json:"name"`
 	LastSync  time.Time `json:"lastSync,omitzero"`
 	LastError string    `json:"lastError,omitempty"`
+	// Details is what a consumer implementing StatusReporter says about
+	// itself, in its own JSON shape.
+	Details json.RawMessage `json:"details,omitempty"`
 }
 
 // SnapshotStatus is the snapshot as shown to users.

@@ -332,6 +332,9 @@ func TestTestbed(t *testing.T) {
 		if _, err := ac.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); err != nil {
 			t.Errorf("list nodes: %v", err)
 		}
+		if _, err := ac.NetworkingV1().ServiceCIDRs().List(ctx, metav1.ListOptions{}); err != nil {
+			t.Errorf("list servicecidrs: %v", err)
+		}
 		if _, err := ac.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
 			t.Errorf("list pods: want forbidden, got %v", err)
 		}
@@ -497,7 +500,8 @@ func TestDecodeRBAC(t *testing.T) {
 	for _, r := range objs.clusterRoles[0].Rules {
 		rules = append(rules, fmt.Sprint(r.APIGroups, r.Resources, r.Verbs))
 	}
-	want := []string{"[] [services nodes] [get list watch]", "[discovery.k8s.io] [endpointslices] [get list watch]"}
+	want := []string{"[] [services nodes] [get list watch]", "[discovery.k8s.io] [endpointslices] [get list watch]",
+		"[networking.k8s.io] [servicecidrs] [get list watch]"}
 	if !slices.Equal(rules, want) {
 		t.Errorf("rules %q, want %q", rules, want)
 	}
