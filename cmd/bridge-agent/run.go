@@ -91,7 +91,7 @@ func newConsumers(ctx context.Context, cfg *config.Config, log *slog.Logger) ([]
 		}
 		p, err := proxy.NewIPTables(ctx, proxy.IPTablesOptions{
 			Variant:        variant,
-			Masquerade:     cfg.Proxy.Masquerade != "never",
+			Masquerade:     masquerade(cfg),
 			FullSyncPeriod: cfg.Proxy.SyncPeriod.Duration,
 			Logger:         log.With("consumer", "proxy"),
 		})
@@ -102,4 +102,18 @@ func newConsumers(ctx context.Context, cfg *config.Config, log *slog.Logger) ([]
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// masquerade resolves proxy.masquerade. auto masquerades unless the agent
+// routes straight to the nodes (routes.mode: nodes): then this host shares a
+// link with them and pods answer its address directly; behind a gateway or
+// a network the agent does not manage, the way back is unknown.
+func masquerade(cfg *config.Config) bool {
+	switch cfg.Proxy.Masquerade {
+	case "always":
+		return true
+	case "never":
+		return false
+	}
+	return cfg.Routes.Mode != "nodes"
 }

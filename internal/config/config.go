@@ -98,10 +98,11 @@ type Proxy struct {
 	// IPTablesVariant is legacy, nft or auto (default): the variant that
 	// already holds this host's rules, so the agent's sit beside them.
 	IPTablesVariant string `json:"iptablesVariant,omitempty"`
-	// Masquerade is always, never or auto (default: always). Traffic this
-	// host originates already leaves with its own address; masquerading
-	// matters for traffic the host forwards for others, whose source the pod
-	// network could not route back to.
+	// Masquerade is always, never or auto (default). auto masquerades
+	// unless routes.mode is nodes (this host shares a link with the nodes,
+	// so pods can answer it directly). Traffic this host originates already
+	// leaves with its own address; masquerading matters most for traffic it
+	// forwards for others, whose source the pod network could not route back to.
 	Masquerade string `json:"masquerade,omitempty"`
 	// MinSyncPeriod is the least time between two syncs; changes arriving
 	// faster are batched (default 1s).

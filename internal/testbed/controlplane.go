@@ -258,8 +258,10 @@ func (t *Testbed) startControllerManager() error {
 }
 
 // controllers is the kube-controller-manager controller set: the real
-// EndpointSlice controller and nothing else.
-const controllers = "endpointslice-controller"
+// EndpointSlice controller, and the garbage collector that removes a
+// deleted Service's EndpointSlices through their owner references (without
+// it they outlive the Service, which no real cluster does).
+const controllers = "endpointslice-controller,garbage-collector-controller"
 
 // newAdminConfig returns the admin rest.Config whose connections are
 // dialled from inside the control plane namespace.

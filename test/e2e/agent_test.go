@@ -147,14 +147,8 @@ func TestSnapshotFollowsCluster(t *testing.T) {
 	sel := map[string]string{"app": "web"}
 	ports := []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}
 	svc := createService(ctx, t, ns, "web", v1.ProtocolTCP, 80, "http", sel)
-	p1, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "web-1", Node: 1, Labels: sel, Ports: ports, Ready: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p2, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "web-2", Node: 2, Labels: sel, Ports: ports, Ready: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p1 := createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: "web-1", Node: 1, Labels: sel, Ports: ports, Ready: true})
+	p2 := createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: "web-2", Node: 2, Labels: sel, Ports: ports, Ready: true})
 	// PreferDualStack: each pod is an endpoint of both families.
 	ep := func(p testbed.Pod, state string) []string {
 		return []string{p.IPv4 + ":8080 " + state, "[" + p.IPv6 + "]:8080 " + state}

@@ -33,25 +33,13 @@ func vmExec(ctx context.Context, t *testing.T, argv ...string) string {
 	return string(out)
 }
 
-// podRoutes gives the VM routes to the pod CIDRs, as a routed network would,
-// for tests of the proxy alone.
-func podRoutes(ctx context.Context, t *testing.T) {
+// serviceRoutes stands in for the host's default route: the kernel routes a
+// locally sent packet before the nat OUTPUT hook rewrites its destination,
+// so the Service ranges need a route, and the sandbox VM has no default
+// route. Pod routes are the agent's own (routes.mode: nodes).
+func serviceRoutes(ctx context.Context, t *testing.T) {
 	t.Helper()
 	var added [][]string
-	for _, n := range tb.Nodes {
-		for _, c := range n.PodCIDRs {
-			via := n.IPv4
-			if strings.Contains(c, ":") {
-				via = n.IPv6
-			}
-			r := []string{"route", "replace", c, "via", via, "proto", "static"}
-			vmExec(ctx, t, append([]string{"ip"}, r...)...)
-			added = append(added, []string{"ip", "route", "del", c, "via", via, "proto", "static"})
-		}
-	}
-	// Locally sent packets need a route before the nat OUTPUT hook sees
-	// them; a real host's default route plays that part. The sandbox VM has
-	// none, so give the service ranges one.
 	n := tb.Nodes[0]
 	for _, c := range tb.ServiceCIDRs {
 		via := n.IPv4
@@ -69,15 +57,17 @@ func podRoutes(ctx context.Context, t *testing.T) {
 }
 
 // askTCP connects to addr from the VM and returns the pod name it answers.
+// The 500 ms limit is far above a connect on this LAN and keeps a probe that
+// hits a vanished pod from eating a whole measuring window.
 func askTCP(ctx context.Context, addr string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancel()
 	c, err := tb.DialContext(tb.VMNetns)(ctx, "tcp", addr)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(time.Second))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	return strings.TrimSpace(line), err
 }
@@ -130,6 +120,17 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error
 	return 0
 }
 
+// createPod creates a pod in the sandbox and deletes it when the test ends.
+func createPod(ctx context.Context, t *testing.T, spec testbed.PodSpec) testbed.Pod {
+	t.Helper()
+	p, err := tb.CreatePod(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tb.DeletePod(context.Background(), spec.Namespace, spec.Name) })
+	return p
+}
+
 // createService creates a dual-stack (where it can) ClusterIP Service with
 // one port named after its target port, and the namespace if needed.
 func createService(ctx context.Context, t *testing.T, ns, name string, proto v1.Protocol, port int32, target string, selector map[string]string) *v1.Service {
@@ -150,6 +151,9 @@ func createService(ctx context.Context, t *testing.T, ns, name string, proto v1.
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		_ = tb.Client.CoreV1().Services(ns).Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
 	return s
 }
 
@@ -167,7 +171,7 @@ func TestProxyIPTables(t *testing.T) {
 func testProxyIPTables(t *testing.T, variant, ns string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	podRoutes(ctx, t)
+	serviceRoutes(ctx, t)
 
 	// Someone else's rules that must survive everything we do.
 	save := "iptables-" + variant + "-save"
@@ -201,17 +205,12 @@ func testProxyIPTables(t *testing.T, variant, ns string) {
 	tcpPorts := []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}
 	var pods []testbed.Pod
 	for i := 1; i <= 2; i++ {
-		p, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: fmt.Sprintf("web-%d", i), Node: i, Labels: web, Ports: tcpPorts, Ready: true})
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: fmt.Sprintf("web-%d", i), Node: i, Labels: web, Ports: tcpPorts, Ready: true})
 		pods = append(pods, p)
 	}
 	svc := createService(ctx, t, ns, "web", v1.ProtocolTCP, 80, "http", web)
 	echoSel := map[string]string{"app": "echo-" + ns}
-	if _, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "echo-1", Node: 1, Labels: echoSel, Ports: []testbed.Port{{Name: "echo", Port: 7007, Protocol: "UDP"}}, Ready: true}); err != nil {
-		t.Fatal(err)
-	}
+	createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: "echo-1", Node: 1, Labels: echoSel, Ports: []testbed.Port{{Name: "echo", Port: 7007, Protocol: "UDP"}}, Ready: true})
 	echo := createService(ctx, t, ns, "echo", v1.ProtocolUDP, 7, "echo", echoSel)
 	empty := createService(ctx, t, ns, "empty", v1.ProtocolTCP, 80, "http", map[string]string{"app": "nothing"})
 
@@ -319,14 +318,12 @@ func TestProxyResilience(t *testing.T) {
 	requireTestbed(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	podRoutes(ctx, t)
+	serviceRoutes(ctx, t)
 	const ns = "resil"
 	sel := map[string]string{"app": "res"}
 	for i := 1; i <= 2; i++ {
-		if _, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: fmt.Sprintf("res-%d", i), Node: i, Labels: sel,
-			Ports: []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}, Ready: true}); err != nil {
-			t.Fatal(err)
-		}
+		createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: fmt.Sprintf("res-%d", i), Node: i, Labels: sel,
+			Ports: []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}, Ready: true})
 	}
 	svc := createService(ctx, t, ns, "res", v1.ProtocolTCP, 80, "http", sel)
 	sticky := createService(ctx, t, ns, "sticky", v1.ProtocolTCP, 80, "http", sel)
@@ -445,13 +442,11 @@ func TestProxyXtablesLock(t *testing.T) {
 	requireTestbed(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	podRoutes(ctx, t)
+	serviceRoutes(ctx, t)
 	const ns = "lock"
 	sel := map[string]string{"app": "lock"}
-	if _, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "lock-1", Node: 1, Labels: sel,
-		Ports: []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}, Ready: true}); err != nil {
-		t.Fatal(err)
-	}
+	createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: "lock-1", Node: 1, Labels: sel,
+		Ports: []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}, Ready: true})
 	first := createService(ctx, t, ns, "first", v1.ProtocolTCP, 80, "http", sel)
 
 	// A private lock file, so the test never contends with the machine's own.
@@ -514,14 +509,12 @@ func TestProxyTerminatingAndLargeSlices(t *testing.T) {
 	requireTestbed(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	podRoutes(ctx, t)
+	serviceRoutes(ctx, t)
 	const ns = "term"
 	sel := map[string]string{"app": "term"}
 	for i := 1; i <= 2; i++ {
-		if _, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: fmt.Sprintf("term-%d", i), Node: i, Labels: sel,
-			Ports: []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}, Ready: true}); err != nil {
-			t.Fatal(err)
-		}
+		createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: fmt.Sprintf("term-%d", i), Node: i, Labels: sel,
+			Ports: []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}, Ready: true})
 	}
 	svc := createService(ctx, t, ns, "term", v1.ProtocolTCP, 80, "http", sel)
 	a := startAgent(t, true)
@@ -570,6 +563,12 @@ func TestProxyTerminatingAndLargeSlices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		bg := context.Background()
+		_ = tb.Client.CoreV1().Services(ns).Delete(bg, "big", metav1.DeleteOptions{})
+		_ = tb.Client.DiscoveryV1().EndpointSlices(ns).DeleteCollection(bg, metav1.DeleteOptions{},
+			metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=big"})
+	})
 	for s := range 5 {
 		es := &discoveryv1.EndpointSlice{
 			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("big-%d", s), Labels: map[string]string{
@@ -601,9 +600,6 @@ func TestProxyTerminatingAndLargeSlices(t *testing.T) {
 	if out := vmExec(ctx, t, "iptables-save", "-t", "nat"); strings.Count(out, "-j DNAT") < 5000 {
 		t.Errorf("want at least 5,000 DNAT rules, got %d", strings.Count(out, "-j DNAT"))
 	}
-	for _, p := range []string{"term-1", "term-2"} {
-		_ = tb.DeletePod(ctx, ns, p)
-	}
 }
 
 // TestProxyUDPConntrack: a UDP client that keeps its source port (one
@@ -613,13 +609,11 @@ func TestProxyUDPConntrack(t *testing.T) {
 	requireTestbed(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	podRoutes(ctx, t)
+	serviceRoutes(ctx, t)
 	const ns = "udpct"
 	sel := map[string]string{"app": "udpct"}
 	port := []testbed.Port{{Name: "dns", Port: 5353, Protocol: "UDP"}}
-	if _, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "u-1", Node: 1, Labels: sel, Ports: port, Ready: true}); err != nil {
-		t.Fatal(err)
-	}
+	createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: "u-1", Node: 1, Labels: sel, Ports: port, Ready: true})
 	svc := createService(ctx, t, ns, "u", v1.ProtocolUDP, 53, "dns", sel)
 	a := startAgent(t, true)
 	t.Cleanup(func() { _, _ = a.Run(context.Background(), "cleanup") })
@@ -653,9 +647,7 @@ func TestProxyUDPConntrack(t *testing.T) {
 	waitFor(t, 20*time.Second, "u-1 answers", answeredBy("u-1"))
 
 	// Replace the endpoint: same client socket, new pod.
-	if _, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "u-2", Node: 2, Labels: sel, Ports: port, Ready: true}); err != nil {
-		t.Fatal(err)
-	}
+	createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: "u-2", Node: 2, Labels: sel, Ports: port, Ready: true})
 	if err := tb.DeletePod(ctx, ns, "u-1"); err != nil {
 		t.Fatal(err)
 	}
@@ -672,9 +664,7 @@ func TestProxyUDPConntrack(t *testing.T) {
 		}
 		return nil
 	})
-	if _, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: ns, Name: "u-3", Node: 1, Labels: sel, Ports: port, Ready: true}); err != nil {
-		t.Fatal(err)
-	}
+	createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: "u-3", Node: 1, Labels: sel, Ports: port, Ready: true})
 	took = waitFor(t, 3*time.Second, "flow reaches u-3 after 0 -> 1 endpoints", answeredBy("u-3"))
 	t.Logf("UDP flow recovered from 0 endpoints in %v", took.Round(time.Millisecond))
 
@@ -685,5 +675,4 @@ func TestProxyUDPConntrack(t *testing.T) {
 	if !strings.Contains(body, "bridge_agent_network_programming_duration_seconds_count") || strings.Contains(body, "bridge_agent_network_programming_duration_seconds_count 0\n") {
 		t.Errorf("network programming latency not recorded")
 	}
-	_ = tb.DeletePod(ctx, ns, "u-3")
 }

@@ -145,11 +145,8 @@ func rtStatus(t *testing.T, st *daemon.Status) *routes.Status {
 
 func rtPod(ctx context.Context, t *testing.T, nd testbed.Node) testbed.Pod {
 	t.Helper()
-	p, err := tb.CreatePod(ctx, testbed.PodSpec{Namespace: "routes", Name: fmt.Sprintf("rt-%d", nd.Number), Node: nd.Number,
+	p := createPod(ctx, t, testbed.PodSpec{Namespace: "routes", Name: fmt.Sprintf("rt-%d", nd.Number), Node: nd.Number,
 		Ports: []testbed.Port{{Name: "http", Port: 8080}}, Ready: true})
-	if err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() { _ = tb.DeletePod(context.Background(), p.Namespace, p.Name) })
 	return p
 }
