@@ -234,6 +234,17 @@ func (t *Testbed) StartAPIServer(ctx context.Context) error {
 	if err := t.startAPIServer(ctx); err != nil {
 		return err
 	}
+	// kube-controller-manager's watches come back with client-go's backoff
+	// and its EndpointSlice controller then waits out "informer cache is
+	// out of date" retries: on this machine a minute without EndpointSlice
+	// updates. Tests of the agent need a cluster that keeps up, so the
+	// controller manager is restarted with the API server.
+	if t.kcm != nil {
+		t.kcm.stop(2 * time.Second)
+	}
+	if err := t.startControllerManager(); err != nil {
+		return err
+	}
 	t.log.Info("kube-apiserver started", "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }

@@ -123,10 +123,13 @@ func (t *Testbed) node(n int) (Node, bool) {
 // with code that reads t.Nodes.
 func (t *Testbed) AddNode(ctx context.Context) (Node, error) {
 	t.mu.Lock()
-	n := 1
+	// Node numbers (and so LAN addresses) are not reused: a new node on a
+	// just-freed address would meet neighbour entries for the old one.
+	n := t.lastNode + 1
 	for _, nd := range t.Nodes {
 		n = max(n, nd.Number+1)
 	}
+	t.lastNode = n
 	peers := slices.Clone(t.Nodes)
 	t.mu.Unlock()
 	if n > maxNodes {

@@ -122,6 +122,8 @@ type Testbed struct {
 	nextPod int
 	// nextHost is, per node number, the last pod address host part handed out.
 	nextHost map[int]int
+	// lastNode is the highest node number AddNode handed out.
+	lastNode int
 
 	stopOnce sync.Once
 	stopErr  error

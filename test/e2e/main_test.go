@@ -50,7 +50,8 @@ func run(m *testing.M) int {
 	if testing.Verbose() {
 		level = slog.LevelInfo
 	}
-	tb, err = testbed.Start(ctx, testbed.Options{Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))})
+	// BRIDGE_AGENT_E2E_WORKDIR keeps the sandbox's logs (logs/*.log) for a look after the run.
+	tb, err = testbed.Start(ctx, testbed.Options{WorkDir: os.Getenv("BRIDGE_AGENT_E2E_WORKDIR"), Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start sandbox:", err)
 		return 1

@@ -676,3 +676,44 @@ func TestProxyUDPConntrack(t *testing.T) {
 		t.Errorf("network programming latency not recorded")
 	}
 }
+
+// TestProxyMultiPort: one Service, two named ports of different protocols,
+// each resolved to the pods' own container port by name.
+func TestProxyMultiPort(t *testing.T) {
+	requireTestbed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	serviceRoutes(ctx, t)
+	const ns = "multi"
+	sel := map[string]string{"app": "multi"}
+	// The two pods name the same ports but listen on different numbers.
+	createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: "m-1", Node: 1, Labels: sel, Ready: true,
+		Ports: []testbed.Port{{Name: "web", Port: 8080, Protocol: "TCP"}, {Name: "dns", Port: 5353, Protocol: "UDP"}}})
+	createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: "m-2", Node: 2, Labels: sel, Ready: true,
+		Ports: []testbed.Port{{Name: "web", Port: 9090, Protocol: "TCP"}, {Name: "dns", Port: 6363, Protocol: "UDP"}}})
+	svc := createService(ctx, t, ns, "multi", v1.ProtocolTCP, 80, "web", sel)
+	svc.Spec.Ports = append(svc.Spec.Ports, v1.ServicePort{Name: "dns", Port: 53, TargetPort: intstr.FromString("dns"), Protocol: v1.ProtocolUDP})
+	if _, err := tb.Client.CoreV1().Services(ns).Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, true)
+	t.Cleanup(func() { _, _ = a.Run(context.Background(), "cleanup") })
+	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, ip := range svc.Spec.ClusterIPs {
+		for _, c := range []struct {
+			port string
+			ask  func(context.Context, string) (string, error)
+		}{{"80", askTCP}, {"53", askUDP}} {
+			addr := net.JoinHostPort(ip, c.port)
+			waitFor(t, 20*time.Second, "both pods answer on "+addr, func() error {
+				got, err := hits(ctx, c.ask, addr, 20)
+				if err != nil || got["m-1"] == 0 || got["m-2"] == 0 {
+					return fmt.Errorf("%v %v", got, err)
+				}
+				return nil
+			})
+		}
+	}
+}
