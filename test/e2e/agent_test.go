@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
+	"github.com/bridge-agent/bridge-agent/internal/config"
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
 	"github.com/bridge-agent/bridge-agent/internal/testbed"
 )
@@ -27,15 +28,27 @@ var portSeq atomic.Int32
 // metrics ports (several agents may share the VM namespace in one run).
 func startAgent(t *testing.T, start bool) *testbed.Agent {
 	t.Helper()
+	return newAgent(t, start, nil)
+}
+
+// newAgent is startAgent with the configuration adjusted by mutate and env
+// added to the agent's environment. When the test ends the agent is
+// stopped and `bridge-agent cleanup` removes what it left on the VM.
+func newAgent(t *testing.T, start bool, mutate func(*config.Config), env ...string) *testbed.Agent {
+	t.Helper()
 	dir := t.TempDir()
 	cfg := tb.AgentConfig(dir)
 	base := 20000 + 10*int(portSeq.Add(1))
 	cfg.HealthzBindAddress = "127.0.0.1:" + strconv.Itoa(base)
 	cfg.MetricsBindAddress = "127.0.0.1:" + strconv.Itoa(base+1)
+	if mutate != nil {
+		mutate(cfg)
+	}
 	a, err := tb.NewAgent(agentBin, dir, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	a.Env = env
 	t.Cleanup(func() {
 		if err := a.Stop(); err != nil && !a.Exited() {
 			t.Errorf("stop agent: %v", err)
@@ -43,6 +56,7 @@ func startAgent(t *testing.T, start bool) *testbed.Agent {
 		if t.Failed() {
 			t.Logf("agent log:\n%s", a.Log())
 		}
+		_, _ = a.Run(context.Background(), "cleanup")
 	})
 	if start {
 		if err := a.Start(); err != nil {

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	"github.com/bridge-agent/bridge-agent/internal/config"
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
 	"github.com/bridge-agent/bridge-agent/internal/testbed"
 )
@@ -214,24 +215,9 @@ func testProxyIPTables(t *testing.T, variant, ns string) {
 	echo := createService(ctx, t, ns, "echo", v1.ProtocolUDP, 7, "echo", echoSel)
 	empty := createService(ctx, t, ns, "empty", v1.ProtocolTCP, 80, "http", map[string]string{"app": "nothing"})
 
-	dir := t.TempDir()
-	cfg := tb.AgentConfig(dir)
-	cfg.Proxy.IPTablesVariant = variant
-	cfg.Proxy.SyncPeriod.Duration = 2 * time.Second
-	cfg.HealthzBindAddress, cfg.MetricsBindAddress = fmt.Sprintf("127.0.0.1:%d", 21000+len(variant)), fmt.Sprintf("127.0.0.1:%d", 21100+len(variant))
-	a, err := tb.NewAgent(agentBin, dir, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = a.Stop()
-		if t.Failed() {
-			t.Logf("agent log:\n%s", a.Log())
-		}
-		_, _ = a.Run(context.Background(), "cleanup")
+	a := newAgent(t, true, func(c *config.Config) {
+		c.Proxy.IPTablesVariant = variant
+		c.Proxy.SyncPeriod.Duration = 2 * time.Second
 	})
 	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
@@ -333,7 +319,6 @@ func TestProxyResilience(t *testing.T) {
 	}
 
 	a := startAgent(t, true)
-	t.Cleanup(func() { _, _ = a.Run(context.Background(), "cleanup") })
 	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -451,25 +436,7 @@ func TestProxyXtablesLock(t *testing.T) {
 
 	// A private lock file, so the test never contends with the machine's own.
 	lock := t.TempDir() + "/xtables.lock"
-	dir := t.TempDir()
-	cfg := tb.AgentConfig(dir)
-	cfg.Proxy.IPTablesVariant = "legacy"
-	cfg.HealthzBindAddress, cfg.MetricsBindAddress = "127.0.0.1:21300", "127.0.0.1:21301"
-	a, err := tb.NewAgent(agentBin, dir, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.Env = []string{"XTABLES_LOCKFILE=" + lock}
-	if err := a.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = a.Stop()
-		if t.Failed() {
-			t.Logf("agent log:\n%s", a.Log())
-		}
-		_, _ = a.Run(context.Background(), "cleanup")
-	})
+	a := newAgent(t, true, func(c *config.Config) { c.Proxy.IPTablesVariant = "legacy" }, "XTABLES_LOCKFILE="+lock)
 	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -518,7 +485,6 @@ func TestProxyTerminatingAndLargeSlices(t *testing.T) {
 	}
 	svc := createService(ctx, t, ns, "term", v1.ProtocolTCP, 80, "http", sel)
 	a := startAgent(t, true)
-	t.Cleanup(func() { _, _ = a.Run(context.Background(), "cleanup") })
 	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -616,7 +582,6 @@ func TestProxyUDPConntrack(t *testing.T) {
 	createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: "u-1", Node: 1, Labels: sel, Ports: port, Ready: true})
 	svc := createService(ctx, t, ns, "u", v1.ProtocolUDP, 53, "dns", sel)
 	a := startAgent(t, true)
-	t.Cleanup(func() { _, _ = a.Run(context.Background(), "cleanup") })
 	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -697,7 +662,6 @@ func TestProxyMultiPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := startAgent(t, true)
-	t.Cleanup(func() { _, _ = a.Run(context.Background(), "cleanup") })
 	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
