@@ -633,13 +633,23 @@ func TestProxyUDPConntrack(t *testing.T) {
 	took = waitFor(t, 3*time.Second, "flow reaches u-3 after 0 -> 1 endpoints", answeredBy("u-3"))
 	t.Logf("UDP flow recovered from 0 endpoints in %v", took.Round(time.Millisecond))
 
-	_, body, err := httpGet(ctx, "http://"+a.Config.MetricsBindAddress+"/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(body, "bridge_agent_network_programming_duration_seconds_count") || strings.Contains(body, "bridge_agent_network_programming_duration_seconds_count 0\n") {
-		t.Errorf("network programming latency not recorded")
-	}
+	// Programming latency comes from the EndpointSlices' trigger-time
+	// annotation, which the controller writes with its updates.
+	waitFor(t, 10*time.Second, "network programming latency recorded", func() error {
+		_, body, err := httpGet(ctx, "http://"+a.Config.MetricsBindAddress+"/metrics")
+		if err != nil {
+			return err
+		}
+		for _, l := range strings.Split(body, "\n") {
+			if strings.HasPrefix(l, "bridge_agent_network_programming_duration_seconds_count ") {
+				if strings.HasSuffix(l, " 0") {
+					return fmt.Errorf("%s", l)
+				}
+				return nil
+			}
+		}
+		return errors.New("metric missing")
+	})
 }
 
 // TestProxyMultiPort: one Service, two named ports of different protocols,
