@@ -86,7 +86,7 @@ func newTestNetns(t *testing.T) *testNetns {
 		t.Skip("skipping: needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create a private network namespace")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("skipping: needs iproute2's ip to create a network namespace")
+		t.Fatal("iproute2's ip is needed to create a network namespace (hack/install-deps.sh installs it)")
 	}
 	name := fmt.Sprintf("bart-%d-%d", os.Getpid(), netnsSeq.Add(1))
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
