@@ -7,14 +7,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
+	"github.com/bridge-agent/bridge-agent/internal/proxy"
 	"github.com/bridge-agent/bridge-agent/internal/routes"
 )
 
@@ -108,6 +111,7 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) {
 		}
 		fmt.Fprintln(w)
 	}
+	printProxy(w, st)
 	printRoutes(w, st)
 
 	fmt.Fprintf(w, "\nServices (%d, %d endpoints):\n", len(st.Snapshot.Services), st.Snapshot.Endpoints)
@@ -204,5 +208,27 @@ func printRoutes(w io.Writer, st *daemon.Status) {
 		}
 		fmt.Fprintln(w, "\nRoutes:")
 		rs.WriteText(w)
+	}
+}
+
+// printProxy shows the proxy consumer's details: the backend and, per
+// family, what its last write holds.
+func printProxy(w io.Writer, st *daemon.Status) {
+	for _, c := range st.Consumers {
+		if c.Name != "proxy" || len(c.Details) == 0 {
+			continue
+		}
+		var ps proxy.ProxyStatus
+		if err := json.Unmarshal(c.Details, &ps); err != nil {
+			fmt.Fprintf(w, "\nProxy: cannot decode: %v\n", err)
+			return
+		}
+		fmt.Fprintf(w, "\nProxy: %s (%s)\n", ps.Mode, ps.Variant)
+		fams := slices.Sorted(maps.Keys(ps.Families))
+		for _, f := range fams {
+			fs := ps.Families[f]
+			fmt.Fprintf(w, "  %s: %d services, %d ports (%d without endpoints), %d endpoints; %d nat and %d filter rules, written %s\n",
+				f, fs.Services, fs.ServicePorts, fs.NoEndpoints, fs.Endpoints, fs.NATRules, fs.FilterRules, fs.LastWrite.Format(time.RFC3339))
+		}
 	}
 }

@@ -220,7 +220,8 @@ func TestSnapshotFollowsCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(out), ": ready") || !strings.Contains(string(out), "kube-system/kube-dns") {
+	if !strings.Contains(string(out), ": ready") || !strings.Contains(string(out), "kube-system/kube-dns") ||
+		!strings.Contains(string(out), "Proxy: iptables (") || !strings.Contains(string(out), "IPv4: ") {
 		t.Errorf("status text:\n%s", out)
 	}
 
