@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -87,6 +88,23 @@ func run() error {
 	if _, err := agent.WaitReady(ctx, time.Minute); err != nil {
 		return err
 	}
+	// A real host reaches the Service range through its default route
+	// (the kernel routes a packet before NAT rewrites it); the sandbox VM
+	// has none, so the demo gives the Service ranges one.
+	n := tb.Nodes[0]
+	for _, c := range tb.ServiceCIDRs {
+		via := n.IPv4
+		if strings.Contains(c, ":") {
+			via = n.IPv6
+		}
+		if out, err := tb.Exec(ctx, tb.VMNetns, "ip", "route", "replace", c, "via", via); err != nil {
+			return fmt.Errorf("route to %s: %w: %s", c, err, out)
+		}
+	}
+	web, err := tb.Client.CoreV1().Services("demo").Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
 	status, err := agent.Run(ctx, "status")
 	if err != nil {
 		return err
@@ -96,6 +114,10 @@ bridge-agent is running in the sandbox's VM network namespace and is ready.
 
 %s
 Try (as root, in another terminal):
+  ip netns exec %[2]s curl -s --http0.9 http://%[11]s/          # demo/web: the answering pod's name
+  ip netns exec %[2]s curl -s --http0.9 http://[%[12]s]/        # the same over IPv6
+  ip netns exec %[2]s iptables-save | grep BRIDGE-             # the agent's rules
+  ip netns exec %[2]s ip route show proto 98                    # the agent's routes
   ip netns exec %[2]s %[3]s status --config %[4]s
   ip netns exec %[2]s %[3]s status --config %[4]s -o json
   ip netns exec %[2]s curl -s http://%[5]s/readyz
@@ -106,7 +128,8 @@ The cluster: API server %[8]s, admin kubeconfig %[9]s
 (the agent uses the least-privilege one: %[10]s).
 Press Ctrl-C to stop and remove everything.
 `, status, tb.VMNetns, *agentBin, agent.ConfigPath, agent.Config.HealthzBindAddress, agent.Config.MetricsBindAddress,
-		agent.LogPath(), tb.APIServerURL, tb.AdminKubeconfig, tb.AgentKubeconfig)
+		agent.LogPath(), tb.APIServerURL, tb.AdminKubeconfig, tb.AgentKubeconfig,
+		web.Spec.ClusterIPs[0], web.Spec.ClusterIPs[len(web.Spec.ClusterIPs)-1])
 
 	if *runFor > 0 {
 		select {
