@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -16,13 +14,9 @@ import (
 // API server, so it works on a host cut off from the cluster.
 func cleanupCmd(args []string, stdout, stderr io.Writer) int {
 	f := newConfigFlags("cleanup", stderr)
-	cfg, err := f.load(args)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "bridge-agent: %v\n", err)
-		return 1
+	cfg, code, ok := f.loadOrReport(args, stderr, false)
+	if !ok {
+		return code
 	}
 	failed := false
 	if err := proxy.CleanupIPTables(context.Background()); err != nil {

@@ -99,3 +99,21 @@ func (f *configFlags) load(args []string) (*config.Config, error) {
 	})
 	return cfg, nil
 }
+
+// loadOrReport is load for a subcommand's entry point: with validate the
+// configuration is also validated. When ok is false the caller returns code:
+// 0 after --help, 1 after one line on stderr naming what is wrong.
+func (f *configFlags) loadOrReport(args []string, stderr io.Writer, validate bool) (cfg *config.Config, code int, ok bool) {
+	cfg, err := f.load(args)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil, 0, false
+	}
+	if err == nil && validate {
+		err = cfg.Validate()
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "bridge-agent: %v\n", err)
+		return nil, 1, false
+	}
+	return cfg, 0, true
+}

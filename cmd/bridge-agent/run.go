@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,16 +19,9 @@ import (
 
 func runCmd(args []string, stderr io.Writer) int {
 	f := newConfigFlags("run", stderr)
-	cfg, err := f.load(args)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err == nil {
-		err = cfg.Validate()
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "bridge-agent: %v\n", err)
-		return 1
+	cfg, code, ok := f.loadOrReport(args, stderr, true)
+	if !ok {
+		return code
 	}
 	rc, err := cluster.RESTConfig(cluster.ClientOptions{
 		Kubeconfig: cfg.Kubeconfig,

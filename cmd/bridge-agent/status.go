@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -25,13 +23,9 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 	f := newConfigFlags("status", stderr)
 	output := f.fs.String("o", "text", "output format: text or json")
 	socket := f.fs.String("socket", "", "status socket (default: statusSocket inside hostRoot from the configuration)")
-	cfg, err := f.load(args)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "bridge-agent: %v\n", err)
-		return 1
+	cfg, code, ok := f.loadOrReport(args, stderr, false)
+	if !ok {
+		return code
 	}
 	if *output != "text" && *output != "json" {
 		fmt.Fprintf(stderr, "bridge-agent: -o: want text or json, got %q\n", *output)

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"net/netip"
 	"slices"
 	"strings"
@@ -271,12 +272,12 @@ func compareEndpoints(a, b Endpoint) int {
 }
 
 func sortServices(s []*Service) {
-	slices.SortFunc(s, func(a, b *Service) int {
-		if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Name, b.Name)
-	})
+	slices.SortFunc(s, func(a, b *Service) int { return compareKeys(a.ServiceKey, b.ServiceKey) })
+}
+
+// compareKeys orders Service keys by namespace, then name.
+func compareKeys(a, b ServiceKey) int {
+	return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 }
 
 func sortNodes(n []*Node) {

@@ -238,21 +238,7 @@ func (t *Tracker) Snapshot() *Snapshot {
 	if first {
 		changed = slices.Collect(maps.Keys(t.built))
 	}
-	slices.SortFunc(changed, func(a, b ServiceKey) int {
-		if a.Namespace != b.Namespace {
-			if a.Namespace < b.Namespace {
-				return -1
-			}
-			return 1
-		}
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(changed, compareKeys)
 	nodes := map[string]*Node{}
 	if t.last != nil && !t.nodesDirty {
 		nodes = t.last.Nodes

@@ -54,6 +54,7 @@ type IPTables struct {
 
 // appliedState is what the last successful restore of a family wrote.
 type appliedState struct {
+	snap        *cluster.Snapshot // written from; snapshots are immutable
 	nat, filter []byte
 	at          time.Time
 	// udp maps each UDP service port (cluster IP, port) to its endpoints,
@@ -122,6 +123,24 @@ func (p *IPTables) Sync(ctx context.Context, snap *cluster.Snapshot) error {
 }
 
 func (p *IPTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam Family) error {
+	var missing []Jump
+	for _, j := range IPTablesJumps() {
+		ok, err := p.x.JumpExists(fam, j)
+		if err != nil && !isMissingChain(err) {
+			return fmt.Errorf("check jump %s/%s: %w", j.Table, j.Chain, err)
+		}
+		if !ok {
+			missing = append(missing, j)
+		}
+	}
+	last := p.applied[fam]
+	now := p.now()
+	due := last == nil || now.Sub(last.at) >= p.opts.FullSyncPeriod
+	// The periodic call with the snapshot already written: with our jumps in
+	// place there is nothing to list, render or write.
+	if !due && len(missing) == 0 && last.snap == snap {
+		return nil
+	}
 	natChains, err := p.x.Chains(ctx, fam, "nat")
 	if err != nil {
 		return err
@@ -144,20 +163,9 @@ func (p *IPTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 		}
 	}
 
-	var missing []Jump
-	for _, j := range IPTablesJumps() {
-		ok, err := p.x.JumpExists(fam, j)
-		if err != nil && !isMissingChain(err) {
-			return fmt.Errorf("check jump %s/%s: %w", j.Table, j.Chain, err)
-		}
-		if !ok {
-			missing = append(missing, j)
-		}
-	}
-	last := p.applied[fam]
-	now := p.now()
 	unchanged := last != nil && bytes.Equal(last.nat, nat) && bytes.Equal(last.filter, filter)
-	if unchanged && len(missing) == 0 && now.Sub(last.at) < p.opts.FullSyncPeriod {
+	if unchanged && len(missing) == 0 && !due {
+		last.snap = snap // same rules: later calls with this snapshot skip rendering
 		return nil
 	}
 	if last != nil && len(missing) > 0 {
@@ -179,7 +187,7 @@ func (p *IPTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 			return fmt.Errorf("insert jump %s/%s: %w", j.Table, j.Chain, err)
 		}
 	}
-	st := &appliedState{nat: nat, filter: filter, at: now, udp: udpServicePorts(snap, fam, p.opts.Zone)}
+	st := &appliedState{snap: snap, nat: nat, filter: filter, at: now, udp: udpServicePorts(snap, fam, p.opts.Zone)}
 	p.clearStaleConntrack(fam, last, st)
 	p.applied[fam] = st
 	p.mu.Lock()
