@@ -261,6 +261,22 @@ func buildService(si *serviceInfo, slicesByName map[string]*sliceInfo) *Service 
 		slices.SortFunc(p.Endpoints, compareEndpoints)
 		svc.Ports = append(svc.Ports, p)
 	}
+	if si.headless {
+		seen := map[netip.Addr]int{}
+		for _, n := range names {
+			for _, e := range slicesByName[n].endpoints {
+				if i, dup := seen[e.Addr]; dup {
+					if e.Ready && !svc.Endpoints[i].Ready {
+						svc.Endpoints[i] = e
+					}
+					continue
+				}
+				seen[e.Addr] = len(svc.Endpoints)
+				svc.Endpoints = append(svc.Endpoints, e)
+			}
+		}
+		slices.SortFunc(svc.Endpoints, compareEndpoints)
+	}
 	return svc
 }
 

@@ -288,3 +288,33 @@ func TestStripUnused(t *testing.T) {
 		t.Errorf("node not stripped: %+v", got.Status)
 	}
 }
+
+func TestHeadlessEndpoints(t *testing.T) {
+	headless := func(s *v1.Service) {
+		s.Spec.ClusterIP, s.Spec.ClusterIPs, s.Spec.Ports = v1.ClusterIPNone, []string{v1.ClusterIPNone}, nil
+	}
+	tr := NewTracker(TrackerOptions{})
+	tr.UpdateService(svc("ns", "db", headless))
+	tr.UpdateService(svc("ns", "web"))
+	// A headless Service without ports gets slices without ports; its
+	// endpoints must still reach DNS.
+	a := slice("ns", "a", "db", discovery.AddressTypeIPv4, nil, ep{addr: "10.244.1.3", ready: ptr.To(false)}, ep{addr: "10.244.1.2"})
+	a.Endpoints[1].Hostname = ptr.To("db-0")
+	tr.UpdateSlice(a)
+	tr.UpdateSlice(slice("ns", "b", "db", discovery.AddressTypeIPv4, []discovery.EndpointPort{port("x", 1)}, ep{addr: "10.244.1.3"}))
+	tr.UpdateSlice(slice("ns", "c", "db", discovery.AddressTypeIPv6, nil, ep{addr: "fd00::2"}))
+	tr.UpdateSlice(slice("ns", "w", "web", discovery.AddressTypeIPv4, []discovery.EndpointPort{port("http", 80)}, ep{addr: "10.244.1.9"}))
+	snap := tr.Snapshot()
+
+	var got []string
+	for _, e := range snap.Services[ServiceKey{"ns", "db"}].Endpoints {
+		got = append(got, e.Addr.String()+" "+e.Hostname+" "+map[bool]string{true: "ready", false: "notready"}[e.Ready])
+	}
+	want := []string{"10.244.1.2 db-0 ready", "10.244.1.3  ready", "fd00::2  ready"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("headless endpoints (-want +got):\n%s", diff)
+	}
+	if eps := snap.Services[ServiceKey{"ns", "web"}].Endpoints; len(eps) != 0 {
+		t.Errorf("a Service with a ClusterIP got service-level endpoints %v", eps)
+	}
+}

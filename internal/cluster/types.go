@@ -44,6 +44,11 @@ type Service struct {
 	InternalTrafficLocal     bool          `json:"internalTrafficLocal,omitempty"`
 	PublishNotReadyAddresses bool          `json:"publishNotReadyAddresses,omitempty"`
 	Ports                    []*Port       `json:"ports"`
+	// Endpoints of a headless Service, whatever their ports: one per address
+	// over all its slices (Port unset), sorted by address. DNS answers from
+	// them, and a headless Service may have no ports at all. Empty for
+	// Services with a ClusterIP.
+	Endpoints []Endpoint `json:"endpoints,omitempty"`
 	// TriggerTime is the newest endpoints.kubernetes.io/last-change-trigger-time
 	// of the Service's EndpointSlices (zero when none carries it).
 	TriggerTime time.Time `json:"-"`
