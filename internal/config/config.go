@@ -158,11 +158,51 @@ type Routes struct {
 	Device string `json:"device,omitempty"`
 }
 
-// DNS configures the local DNS stub.
+// DNS modes.
+const (
+	// DNSStub runs the local DNS stub.
+	DNSStub = "stub"
+	// DNSNone runs no stub and leaves the host resolver alone.
+	DNSNone = "none"
+)
+
+// DNS configures the local DNS stub and how the host's resolver reaches it.
 type DNS struct {
-	// ListenAddress is ip:port of the stub. It must be a local address; the
-	// default 127.0.0.77:53 stays clear of systemd-resolved's 127.0.0.53/54.
+	// Mode is stub (default) or none.
+	Mode string `json:"mode,omitempty"`
+	// ListenAddress is ip:port of the stub, UDP and TCP. It must be a
+	// loopback address; the default 127.0.0.77:53 stays clear of
+	// systemd-resolved's 127.0.0.53/54.
 	ListenAddress string `json:"listenAddress,omitempty"`
+	// TTL of the answers the stub makes from the cluster's Services
+	// (default 5s, as CoreDNS's kubernetes plugin).
+	TTL metav1.Duration `json:"ttl,omitempty"`
+	// Upstreams are the resolvers for every name outside the cluster, as ip
+	// or ip:port. Empty (the default) means the host's own resolvers, as
+	// they were before the agent wired the host to the stub.
+	Upstreams []string `json:"upstreams,omitempty"`
+	// NamespaceDomains lists namespaces whose Services also answer to
+	// "name.namespace" (with the host resolver routing those domains to
+	// the stub). Empty by default: only name.namespace.svc and the full
+	// name.namespace.svc.<clusterDomain>.
+	NamespaceDomains []string `json:"namespaceDomains,omitempty"`
+	// HostResolver is how the host's resolver is pointed at the stub: auto
+	// (default: systemd-resolved when it runs, else resolv.conf),
+	// systemd-resolved (a drop-in with routing domains for the cluster's
+	// names only), resolv.conf (a managed /etc/resolv.conf; the original is
+	// kept and restored by cleanup) or none.
+	HostResolver string `json:"hostResolver,omitempty"`
+	// Timeout of one query to one upstream (default 2s).
+	Timeout metav1.Duration `json:"timeout,omitempty"`
+	// CacheSize bounds the cache of forwarded answers, in entries (default
+	// 10000).
+	CacheSize int `json:"cacheSize,omitempty"`
+	// ServeStale is how long an expired forwarded answer may still be
+	// served while every upstream fails (RFC 8767; default 1h, 0 disables).
+	ServeStale metav1.Duration `json:"serveStale,omitempty"`
+	// MaxConcurrentPerClient bounds the queries one client may have in
+	// flight (default 100).
+	MaxConcurrentPerClient int `json:"maxConcurrentPerClient,omitempty"`
 }
 
 // Logging configures the log stream.
@@ -196,7 +236,16 @@ func Default() *Config {
 			Protocol: DefaultRouteProtocol,
 			Table:    DefaultRouteTable,
 		},
-		DNS:     DNS{ListenAddress: "127.0.0.77:53"},
+		DNS: DNS{
+			Mode:                   DNSStub,
+			ListenAddress:          "127.0.0.77:53",
+			TTL:                    metav1.Duration{Duration: 5 * time.Second},
+			HostResolver:           "auto",
+			Timeout:                metav1.Duration{Duration: 2 * time.Second},
+			CacheSize:              10000,
+			ServeStale:             metav1.Duration{Duration: time.Hour},
+			MaxConcurrentPerClient: 100,
+		},
 		Logging: Logging{Format: "text"},
 	}
 }
@@ -310,9 +359,7 @@ func (c *Config) Validate() error {
 			bad(f.name, quote(f.value), err.Error())
 		}
 	}
-	if err := checkLocalAddrPort(c.DNS.ListenAddress, true); err != nil {
-		bad("dns.listenAddress", quote(c.DNS.ListenAddress), err.Error())
-	}
+	c.validateDNS(bad)
 	for i, ns := range c.Scope.Namespaces {
 		if !isLabel(ns) {
 			bad(fmt.Sprintf("scope.namespaces[%d]", i), quote(ns), "must be a namespace name")
@@ -335,7 +382,7 @@ func (c *Config) Validate() error {
 		name, value string
 		allowed     []string
 	}{
-		{"proxy.mode", c.Proxy.Mode, []string{"iptables", "none"}},
+		{"proxy.mode", c.Proxy.Mode, []string{"iptables", "nftables", "auto", "none"}},
 		{"proxy.iptablesVariant", c.Proxy.IPTablesVariant, []string{"auto", "legacy", "nft"}},
 		{"proxy.masquerade", c.Proxy.Masquerade, []string{"auto", "always", "never"}},
 	} {
@@ -354,6 +401,74 @@ func (c *Config) Validate() error {
 		return errs
 	}
 	return nil
+}
+
+func (c *Config) validateDNS(bad func(field string, value any, reason string)) {
+	d := &c.DNS
+	if d.Mode != DNSStub && d.Mode != DNSNone {
+		bad("dns.mode", quote(d.Mode), "must be one of stub, none")
+	}
+	if err := checkLocalAddrPort(d.ListenAddress, true); err != nil {
+		bad("dns.listenAddress", quote(d.ListenAddress), err.Error())
+	}
+	if d.TTL.Duration < time.Second || d.TTL.Duration > time.Hour || d.TTL.Duration%time.Second != 0 {
+		bad("dns.ttl", d.TTL.Duration, "must be whole seconds between 1s and 1h")
+	}
+	listen, _ := netip.ParseAddrPort(d.ListenAddress)
+	for i, u := range d.Upstreams {
+		ap, err := ParseUpstream(u)
+		switch {
+		case err != nil:
+			bad(fmt.Sprintf("dns.upstreams[%d]", i), quote(u), err.Error())
+		case ap == listen:
+			bad(fmt.Sprintf("dns.upstreams[%d]", i), quote(u), "is the stub's own address: a forwarding loop")
+		}
+	}
+	for i, ns := range d.NamespaceDomains {
+		if !isLabel(ns) {
+			bad(fmt.Sprintf("dns.namespaceDomains[%d]", i), quote(ns), "must be a namespace name")
+		}
+	}
+	if !slices.Contains([]string{"auto", "systemd-resolved", "resolv.conf", "none"}, d.HostResolver) {
+		bad("dns.hostResolver", quote(d.HostResolver), "must be one of auto, systemd-resolved, resolv.conf, none")
+	}
+	if d.HostResolver == "resolv.conf" && listen.IsValid() && listen.Port() != 53 {
+		bad("dns.listenAddress", quote(d.ListenAddress), "must use port 53 with dns.hostResolver resolv.conf (resolv.conf cannot name a port)")
+	}
+	if d.Timeout.Duration < 100*time.Millisecond || d.Timeout.Duration > time.Minute {
+		bad("dns.timeout", d.Timeout.Duration, "must be between 100ms and 1m")
+	}
+	if d.CacheSize < 0 || d.CacheSize > 10_000_000 {
+		bad("dns.cacheSize", d.CacheSize, "must be between 0 and 10000000")
+	}
+	if d.ServeStale.Duration < 0 {
+		bad("dns.serveStale", d.ServeStale.Duration, "must not be negative")
+	}
+	if d.MaxConcurrentPerClient < 1 {
+		bad("dns.maxConcurrentPerClient", d.MaxConcurrentPerClient, "must be at least 1")
+	}
+}
+
+// ParseUpstream parses a resolver address, ip or ip:port (port 53 when
+// left out; IPv6 with a port in brackets).
+func ParseUpstream(s string) (netip.AddrPort, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		if a.Zone() != "" {
+			return netip.AddrPort{}, errors.New("must not carry an IPv6 zone")
+		}
+		return netip.AddrPortFrom(a.Unmap(), 53), nil
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, errors.New("must be ip or ip:port, e.g. 192.0.2.53 or [2001:db8::53]:5353")
+	}
+	if ap.Port() == 0 || ap.Addr().IsUnspecified() {
+		return netip.AddrPort{}, errors.New("must name a resolver's address and a non-zero port")
+	}
+	if ap.Addr().Zone() != "" {
+		return netip.AddrPort{}, errors.New("must not carry an IPv6 zone")
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
 // HostPath returns p inside HostRoot.

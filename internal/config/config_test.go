@@ -123,6 +123,20 @@ func TestValidateEachField(t *testing.T) {
 		{"metricsBindAddress", func(c *Config) { c.MetricsBindAddress = "127.0.0.1:0" }},
 		{"dns.listenAddress", func(c *Config) { c.DNS.ListenAddress = "10.0.0.1:53" }},
 		{"dns.listenAddress", func(c *Config) { c.DNS.ListenAddress = "[::]:53" }},
+		{"dns.mode", func(c *Config) { c.DNS.Mode = "coredns" }},
+		{"dns.ttl", func(c *Config) { c.DNS.TTL.Duration = 0 }},
+		{"dns.ttl", func(c *Config) { c.DNS.TTL.Duration = 1500 * time.Millisecond }},
+		{"dns.upstreams[1]", func(c *Config) { c.DNS.Upstreams = []string{"192.0.2.53", "dns.example"} }},
+		{"dns.upstreams[0]", func(c *Config) { c.DNS.Upstreams = []string{"127.0.0.77:53"} }},
+		{"dns.upstreams[0]", func(c *Config) { c.DNS.Upstreams = []string{"127.0.0.77"} }},
+		{"dns.upstreams[0]", func(c *Config) { c.DNS.Upstreams = []string{"192.0.2.1:0"} }},
+		{"dns.namespaceDomains[0]", func(c *Config) { c.DNS.NamespaceDomains = []string{"a.b"} }},
+		{"dns.hostResolver", func(c *Config) { c.DNS.HostResolver = "networkmanager" }},
+		{"dns.listenAddress", func(c *Config) { c.DNS.HostResolver = "resolv.conf"; c.DNS.ListenAddress = "127.0.0.77:5353" }},
+		{"dns.timeout", func(c *Config) { c.DNS.Timeout.Duration = time.Millisecond }},
+		{"dns.cacheSize", func(c *Config) { c.DNS.CacheSize = -1 }},
+		{"dns.serveStale", func(c *Config) { c.DNS.ServeStale.Duration = -time.Second }},
+		{"dns.maxConcurrentPerClient", func(c *Config) { c.DNS.MaxConcurrentPerClient = 0 }},
 		{"scope.namespaces[0]", func(c *Config) { c.Scope.Namespaces = []string{"Shop"} }},
 		{"scope.labelSelector", func(c *Config) { c.Scope.LabelSelector = "a in (" }},
 		{"proxy.minSyncPeriod", func(c *Config) { c.Proxy.MinSyncPeriod.Duration = -time.Second }},
@@ -274,5 +288,33 @@ func unwrapAll(err error) error {
 			return err
 		}
 		err = u.Unwrap()
+	}
+}
+
+func TestParseUpstream(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.53":            "192.0.2.53:53",
+		"192.0.2.53:5353":       "192.0.2.53:5353",
+		"2001:db8::53":          "[2001:db8::53]:53",
+		"[2001:db8::53]:5353":   "[2001:db8::53]:5353",
+		"::ffff:192.0.2.1":      "192.0.2.1:53",
+		"dns.example":           "error",
+		"0.0.0.0:53":            "error",
+		"[fe80::1%eth0]:53":     "error",
+		"fe80::1%eth0":          "error",
+		"192.0.2.53:99999":      "error",
+		"":                      "error",
+		"[2001:db8::53]":        "error",
+		"192.0.2.53:53:53":      "error",
+		"2001:db8::53:5353:1:2": "[2001:db8::53:5353:1:2]:53",
+	} {
+		ap, err := ParseUpstream(in)
+		got := "error"
+		if err == nil {
+			got = ap.String()
+		}
+		if got != want {
+			t.Errorf("ParseUpstream(%q) = %s (err %v), want %s", in, got, err, want)
+		}
 	}
 }
