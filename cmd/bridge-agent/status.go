@@ -84,7 +84,10 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) {
 		return now.Sub(t).Round(time.Millisecond).String() + " ago"
 	}
 	state := "not ready"
-	if st.Ready {
+	switch {
+	case st.Degraded:
+		state = "degraded: serving the last snapshot known good, saved " + ago(st.Snapshot.Restored)
+	case st.Ready:
 		state = "ready"
 	}
 	fmt.Fprintf(w, "bridge-agent %s (pid %d, up %s): %s\n", st.Version, st.PID, now.Sub(st.StartTime).Round(time.Second), state)
@@ -93,6 +96,9 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) {
 		fmt.Fprintf(w, " (last error %s: %s)", ago(st.APIServer.LastErrorTime), st.APIServer.LastError)
 	}
 	fmt.Fprintln(w)
+	if st.Snapshot.RestoreError != "" {
+		fmt.Fprintf(w, "Saved snapshot unusable: %s\n", st.Snapshot.RestoreError)
+	}
 	fmt.Fprintf(w, "Last sync:   %s, took %s, snapshot %d, %d syncs", ago(st.LastSync.Time), st.LastSync.Duration.Round(time.Microsecond), st.LastSync.SnapshotVersion, st.LastSync.Count)
 	if st.LastSync.Error != "" {
 		fmt.Fprintf(w, ", error: %s", st.LastSync.Error)

@@ -105,6 +105,10 @@ type Snapshot struct {
 	// Changed lists the Services added, updated or removed since the previous
 	// snapshot (all of them in the first one), for incremental consumers.
 	Changed []ServiceKey `json:"-"`
+	// Restored is non-zero for a snapshot read back from the state
+	// directory (the last one known good): it is when that one was saved.
+	// Live snapshots from the API server leave it zero.
+	Restored time.Time `json:"-"`
 }
 
 // SortedServices returns the snapshot's Services ordered by key.

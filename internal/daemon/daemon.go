@@ -47,7 +47,18 @@ type Options struct {
 	Logger    *slog.Logger
 	Version   string
 	Consumers []Consumer
+	// RestoreAfter is how long the agent waits for the API server before it
+	// serves the last snapshot known good from the state directory (default
+	// 2s; negative never restores).
+	RestoreAfter time.Duration
 }
+
+// snapshotFile is the last snapshot known good, inside the state directory.
+const snapshotFile = "snapshot.json"
+
+// saveEvery bounds how often a changing cluster is written to disk; the
+// periodic resync writes what a burst left unsaved.
+const saveEvery = 5 * time.Second
 
 // Daemon is one running agent.
 type Daemon struct {
@@ -64,7 +75,14 @@ type Daemon struct {
 	notify    *notifier
 	start     time.Time
 
+	restoreAfter time.Duration
+	statePath    string
+
 	mu          sync.Mutex
+	restored    *cluster.Snapshot // the saved snapshot served until the informers sync
+	restoreErr  string
+	saved       uint64 // version of the snapshot last written to disk
+	savedAt     time.Time
 	snap        *cluster.Snapshot
 	ready       bool
 	lastSync    SyncInfo
@@ -84,6 +102,12 @@ func New(o Options) (*Daemon, error) {
 		notify:     newNotifier(),
 		start:      time.Now(),
 		consumerSt: map[string]*ConsumerState{},
+
+		restoreAfter: o.RestoreAfter,
+		statePath:    filepath.Join(o.Config.HostPath(o.Config.StateDir), snapshotFile),
+	}
+	if d.restoreAfter == 0 {
+		d.restoreAfter = 2 * time.Second
 	}
 	for _, c := range d.consumers {
 		d.consumerSt[c.Name()] = &ConsumerState{Name: c.Name()}
@@ -142,6 +166,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 	d.log.Info("shutting down")
+	d.saveSnapshot(true)
 	_ = d.notify.send("STOPPING=1")
 	shutdownCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
 	defer done()
@@ -164,11 +189,16 @@ func (d *Daemon) waitForSync(ctx context.Context) {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	var lastProbe, lastWarn time.Time
+	restoreAt := time.Now().Add(d.restoreAfter)
 	for !d.watcher.HasSynced() {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if d.restoreAfter > 0 && !restoreAt.IsZero() && time.Now().After(restoreAt) {
+			restoreAt = time.Time{}
+			d.restoreSnapshot()
 		}
 		if time.Since(lastProbe) < 2*time.Second {
 			continue
@@ -200,12 +230,78 @@ func (d *Daemon) probeAPI(ctx context.Context) error {
 	return rc.Get().AbsPath("/version").Do(ctx).Error()
 }
 
+// restoreSnapshot loads the last snapshot known good, for the consumers to
+// serve while the API server cannot be reached: the DNS stub keeps
+// answering the cluster's names and a host that lost its rules (a reboot)
+// gets them back. The informers' first list replaces it.
+func (d *Daemon) restoreSnapshot() {
+	snap, err := cluster.LoadSnapshot(d.statePath)
+	if errors.Is(err, cluster.ErrNoSavedSnapshot) {
+		d.log.Info("no saved snapshot to serve while the API server is unreachable", "path", d.statePath)
+		return
+	}
+	if err != nil {
+		d.mu.Lock()
+		d.restoreErr = err.Error()
+		d.mu.Unlock()
+		d.log.Error("cannot use the saved snapshot", "err", err)
+		return
+	}
+	d.mu.Lock()
+	if d.watcher.HasSynced() {
+		d.mu.Unlock()
+		return
+	}
+	d.restored = snap
+	d.saved = snap.Version
+	d.mu.Unlock()
+	d.metrics.restored.Set(1)
+	d.log.Warn("API server unreachable: serving the last snapshot known good", "path", d.statePath,
+		"saved", snap.Restored, "age", time.Since(snap.Restored).Round(time.Second), "services", len(snap.Services))
+	d.runner.Poke()
+}
+
+// saveSnapshot writes the current live snapshot to the state directory when
+// it changed since the last write, at most every saveEvery unless force.
+func (d *Daemon) saveSnapshot(force bool) {
+	d.mu.Lock()
+	snap := d.snap
+	due := snap != nil && snap.Restored.IsZero() && snap.Version != d.saved && (force || time.Since(d.savedAt) >= saveEvery)
+	d.mu.Unlock()
+	if !due {
+		return
+	}
+	if err := cluster.SaveSnapshot(d.statePath, snap, time.Now()); err != nil {
+		d.metrics.saveErrors.Inc()
+		d.log.Error("cannot save the snapshot", "err", err)
+		return
+	}
+	d.mu.Lock()
+	d.saved, d.savedAt = snap.Version, time.Now()
+	d.mu.Unlock()
+	d.log.Debug("snapshot saved", "version", snap.Version, "path", d.statePath)
+}
+
 func (d *Daemon) sync(ctx context.Context) error {
-	if !d.watcher.HasSynced() {
-		return nil
+	var snap *cluster.Snapshot
+	if d.watcher.HasSynced() {
+		snap = d.tracker.Snapshot()
+		d.mu.Lock()
+		if d.restored != nil {
+			d.restored = nil
+			d.metrics.restored.Set(0)
+			d.log.Info("API server back: replacing the saved snapshot with the live one")
+		}
+		d.mu.Unlock()
+	} else {
+		d.mu.Lock()
+		snap = d.restored
+		d.mu.Unlock()
+		if snap == nil {
+			return nil
+		}
 	}
 	start := time.Now()
-	snap := d.tracker.Snapshot()
 	var errs []error
 	for _, c := range d.consumers {
 		cstart := time.Now()
@@ -245,7 +341,10 @@ func (d *Daemon) sync(ctx context.Context) error {
 		d.log.Error("sync failed; will retry", "snapshot", snap.Version, "err", err)
 		return err
 	}
-	d.watcher.ClearError()
+	if snap.Restored.IsZero() {
+		d.watcher.ClearError()
+		d.saveSnapshot(false)
+	}
 	d.metrics.syncs.WithLabelValues("all", "success").Inc()
 	d.metrics.lastSuccess.SetToCurrentTime()
 	d.log.Log(ctx, levelFor(fresh), "synced", "snapshot", snap.Version, "services", len(snap.Services),
@@ -321,8 +420,17 @@ func (d *Daemon) Status() *Status {
 	}
 	st.Snapshot.Services = []*cluster.Service{}
 	st.Snapshot.Nodes = []*cluster.Node{}
+	st.Snapshot.Path = d.statePath
+	d.mu.Lock()
+	st.Snapshot.RestoreError, st.Snapshot.SavedVersion, st.Snapshot.SavedAt = d.restoreErr, d.saved, d.savedAt
+	d.mu.Unlock()
 	if snap != nil {
 		st.Snapshot.Version, st.Snapshot.Time = snap.Version, snap.Time
+		if !snap.Restored.IsZero() {
+			st.Degraded = true
+			st.Snapshot.Restored = snap.Restored
+			st.Snapshot.Age = time.Since(snap.Restored).Round(time.Second).String()
+		}
 		st.Snapshot.Services = snap.SortedServices()
 		st.Snapshot.Nodes = snap.SortedNodes()
 		st.Snapshot.Endpoints = snap.EndpointCount()

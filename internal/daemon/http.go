@@ -33,6 +33,21 @@ func (d *Daemon) serveReadyz(w http.ResponseWriter, _ *http.Request) {
 		http.Error(w, "not ready: "+reason, http.StatusServiceUnavailable)
 		return
 	}
+	d.mu.Lock()
+	restored := d.snap != nil && !d.snap.Restored.IsZero()
+	var savedAt time.Time
+	if restored {
+		savedAt = d.snap.Restored
+	}
+	d.mu.Unlock()
+	if restored {
+		reason := "API server unreachable"
+		if err, _ := d.watcher.LastError(); err != nil {
+			reason += ": " + err.Error()
+		}
+		fmt.Fprintf(w, "degraded: serving the last snapshot known good, saved %s ago (%s)\n", time.Since(savedAt).Round(time.Second), reason)
+		return
+	}
 	fmt.Fprintf(w, "ready (snapshot %d, synced %s ago)\n", last.SnapshotVersion, time.Since(last.Time).Round(time.Millisecond))
 }
 

@@ -14,6 +14,8 @@ type metrics struct {
 	ready        prometheus.Gauge
 	services     prometheus.Gauge
 	endpoints    prometheus.Gauge
+	restored     prometheus.Gauge
+	saveErrors   prometheus.Counter
 }
 
 func newMetrics(version string, objects func() (services, slices, nodes int)) *metrics {
@@ -44,12 +46,20 @@ func newMetrics(version string, objects func() (services, slices, nodes int)) *m
 			Name: "bridge_agent_snapshot_endpoints",
 			Help: "Endpoints (per Service port) in the current snapshot.",
 		}),
+		restored: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bridge_agent_serving_saved_snapshot",
+			Help: "1 while the agent serves the last snapshot known good from its state directory because the API server cannot be reached.",
+		}),
+		saveErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_agent_snapshot_save_errors_total",
+			Help: "Failed writes of the last snapshot known good to the state directory.",
+		}),
 	}
 	watched := prometheus.NewDesc("bridge_agent_watched_objects", "API objects held by the agent's informers, by kind.", []string{"kind"}, nil)
 	m.registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.syncs, m.syncDuration, m.lastSuccess, m.ready, m.services, m.endpoints,
+		m.syncs, m.syncDuration, m.lastSuccess, m.ready, m.services, m.endpoints, m.restored, m.saveErrors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        "bridge_agent_build_info",
 			Help:        "Always 1; the version label says which build runs.",

@@ -16,7 +16,10 @@ type Status struct {
 	// Ready is true once the first full sync completed.
 	Ready bool `json:"ready"`
 	// Synced is true once Services, EndpointSlices and Nodes were all listed.
-	Synced    bool      `json:"synced"`
+	Synced bool `json:"synced"`
+	// Degraded is true while the agent serves the last snapshot known good
+	// from its state directory because the API server cannot be reached.
+	Degraded  bool      `json:"degraded,omitempty"`
 	APIServer APIStatus `json:"apiServer"`
 	LastSync  SyncInfo  `json:"lastSync"`
 	// LastSuccess is when every consumer last synced without error.
@@ -60,4 +63,15 @@ type SnapshotStatus struct {
 	Services  []*cluster.Service `json:"services"`
 	Nodes     []*cluster.Node    `json:"nodes"`
 	Endpoints int                `json:"endpoints"`
+	// Restored is when the snapshot being served was saved, when it was read
+	// back from disk (Status.Degraded); Age is how old it is.
+	Restored time.Time `json:"restored,omitzero"`
+	Age      string    `json:"age,omitempty"`
+	// Path is the file of the last snapshot known good; SavedVersion and
+	// SavedAt tell what was last written there by this run.
+	Path         string    `json:"path"`
+	SavedVersion uint64    `json:"savedVersion,omitempty"`
+	SavedAt      time.Time `json:"savedAt,omitzero"`
+	// RestoreError says why a saved snapshot could not be used.
+	RestoreError string `json:"restoreError,omitempty"`
 }
