@@ -76,6 +76,7 @@ func (p *proc) stop(grace time.Duration) {
 		return
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.cmd.Process.Signal(syscall.SIGCONT) // a paused process (PauseKubeDNS) must see the SIGTERM
 	select {
 	case <-p.done:
 	case <-time.After(grace):

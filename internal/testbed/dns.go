@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -34,12 +36,16 @@ type upstreamDNS struct {
 	mu      sync.Mutex
 	records map[string][]netip.Addr // lower-case FQDN -> addresses
 	queries atomic.Int64
+	down    atomic.Bool // drop every query, as a dead resolver would
 	servers []*dns.Server
 	closers []io.Closer
 }
 
 func (u *upstreamDNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	u.queries.Add(1)
+	if u.down.Load() {
+		return
+	}
 	m := new(dns.Msg)
 	m.SetReply(r)
 	m.Authoritative = true
@@ -112,6 +118,40 @@ func (u *upstreamDNS) stop() {
 // UpstreamQueries returns how many queries the upstream DNS server has
 // received, so tests can tell that a name was forwarded.
 func (t *Testbed) UpstreamQueries() int64 { return t.upstream.queries.Load() }
+
+// SetUpstreamDown makes the upstream resolver drop every query (down) or
+// answer again.
+func (t *Testbed) SetUpstreamDown(down bool) { t.upstream.down.Store(down) }
+
+// PauseKubeDNS freezes (SIGSTOP) or resumes (SIGCONT) the CoreDNS process
+// behind kube-dns: paused, it accepts packets and answers none, as a hung
+// or partitioned kube-dns would. Its Pod stays Ready, so the cluster does
+// not notice either.
+func (t *Testbed) PauseKubeDNS(pause bool) error {
+	t.mu.Lock()
+	ps := t.pods[podKey("kube-system", "coredns-0")]
+	var procs []*proc
+	if ps != nil {
+		procs = ps.procs
+	}
+	t.mu.Unlock()
+	if len(procs) == 0 {
+		return errors.New("pause kube-dns: no coredns process")
+	}
+	sig := syscall.SIGCONT
+	if pause {
+		sig = syscall.SIGSTOP
+	}
+	for _, p := range procs {
+		if p.exited() {
+			return p.exitError()
+		}
+		if err := p.cmd.Process.Signal(sig); err != nil {
+			return fmt.Errorf("pause kube-dns: %w", err)
+		}
+	}
+	return nil
+}
 
 // AddUpstreamRecord makes the upstream DNS server answer name (absolute or
 // not) with addrs (IPv4 addresses as A, IPv6 ones as AAAA records).

@@ -45,6 +45,10 @@ type PodSpec struct {
 	Labels    map[string]string
 	Ports     []Port
 	Ready     bool // initial Ready condition
+	// Hostname and Subdomain are the pod's spec.hostname and
+	// spec.subdomain: with a headless Service named Subdomain, its
+	// endpoint carries Hostname and DNS answers hostname.subdomain.ns.svc.
+	Hostname, Subdomain string
 }
 
 // Pod is a running test pod.
@@ -426,6 +430,8 @@ func podObject(spec PodSpec, nd Node) *corev1.Pod {
 				Ports: ports,
 			}},
 			TerminationGracePeriodSeconds: new(int64),
+			Hostname:                      spec.Hostname,
+			Subdomain:                     spec.Subdomain,
 		},
 	}
 }

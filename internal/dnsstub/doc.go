@@ -1,0 +1,50 @@
+// Package dnsstub is the agent's DNS stub: a small DNS server on a local
+// address that answers Kubernetes DNS names on the host from the agent's
+// cluster snapshot and forwards everything else.
+//
+// # Contract
+//
+// The zone follows the Kubernetes DNS specification (kubernetes/dns
+// docs/specification.md), with CoreDNS's kubernetes plugin as the reference
+// where the specification is silent:
+//
+//   - <svc>.<ns>.svc.<domain> A/AAAA: a Service's ClusterIPs; for a headless
+//     Service the addresses of its ready endpoints (all of them with
+//     publishNotReadyAddresses), and NXDOMAIN when it has none.
+//   - <ep>.<svc>.<ns>.svc.<domain> A/AAAA for the endpoints of a headless
+//     Service, <ep> being the endpoint's hostname or, as CoreDNS does, its
+//     address with dots (or colons) turned into dashes.
+//   - _<port>._<proto>.<svc>.<ns>.svc.<domain> SRV for named ports (and the
+//     Service name itself for all ports, as CoreDNS does); targets are the
+//     Service name (ClusterIP) or the endpoint names (headless), and the
+//     additional section carries the targets' addresses.
+//   - ExternalName Services are a CNAME, followed (bounded, loop-safe) by the
+//     target's records when we can answer or forward them.
+//   - PTR for ClusterIPs and endpoint addresses; dns-version.<domain> TXT
+//     "1.1.0"; SOA and NS at the apex.
+//
+// Names are matched case-insensitively and answers echo the asker's
+// spelling. A name that exists with no data of the asked type is NODATA
+// (NOERROR, empty answer, SOA in authority); an unknown name under
+// svc.<domain> is NXDOMAIN with the SOA. Parents that exist (the domain,
+// svc.<domain>, a namespace with at least one Service, _proto labels) are
+// NODATA. Before the first Sync every name the stub would answer gets
+// SERVFAIL, never NXDOMAIN.
+//
+// Short forms: <svc>.<ns>.svc. is answered as if the cluster domain
+// followed, and <svc>.<ns>. for the namespaces in Options.NamespaceDomains;
+// the answer's owner names are the names asked.
+//
+// Everything else under the cluster domain (pod records, kinds of names the
+// stub does not serve) is forwarded to kube-dns (the kube-system/kube-dns
+// Service's ready endpoints, else its ClusterIP); all other names go to the
+// host's upstream resolvers, in order with failover. Forwarded answers are
+// cached (bounded LRU, TTL-respecting, positive and negative) and served
+// stale (RFC 8767) when every upstream fails. Answers from the zone are not
+// cached.
+//
+// The stub refuses queries from sources other than loopback and its own
+// listen address, limits in-flight queries per client, detects forwarding
+// loops, and answers malformed queries with FORMERR (or not at all) instead
+// of failing.
+package dnsstub
