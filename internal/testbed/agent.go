@@ -62,6 +62,23 @@ func (t *Testbed) AgentConfig(dir string) *config.Config {
 	return c
 }
 
+// HostResolvConf is the resolv.conf the VM's host root starts with: the
+// sandbox's upstream resolver, as a legacy VM would list its site's DNS.
+const HostResolvConf = "# the VM's resolvers\nsearch example.test\nnameserver " + upstreamIPv4 + "\nnameserver " + upstreamIPv6 + "\noptions edns0 timeout:2\n"
+
+// writeHostResolvConf gives a host root an /etc/resolv.conf naming the
+// sandbox's upstream resolver, unless it has one.
+func writeHostResolvConf(root string) error {
+	path := filepath.Join(root, "etc", "resolv.conf")
+	if _, err := os.Lstat(path); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, []byte(HostResolvConf), 0o644)
+}
+
 // NewAgent writes cfg (nil: AgentConfig) into dir and returns an Agent that
 // is not started yet.
 func (t *Testbed) NewAgent(binary, dir string, cfg *config.Config) (*Agent, error) {
@@ -77,6 +94,9 @@ func (t *Testbed) NewAgent(binary, dir string, cfg *config.Config) (*Agent, erro
 		return nil, fmt.Errorf("agent config: %w", err)
 	}
 	if err := os.MkdirAll(cfg.HostRoot, 0o755); err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	if err := writeHostResolvConf(cfg.HostRoot); err != nil {
 		return nil, fmt.Errorf("agent config: %w", err)
 	}
 	return &Agent{Binary: binary, Dir: dir, ConfigPath: path, HostRoot: cfg.HostRoot, Config: cfg, tb: t}, nil

@@ -38,9 +38,12 @@ func newAgent(t *testing.T, start bool, mutate func(*config.Config), env ...stri
 	t.Helper()
 	dir := t.TempDir()
 	cfg := tb.AgentConfig(dir)
-	base := 20000 + 10*int(portSeq.Add(1))
+	seq := int(portSeq.Add(1))
+	base := 20000 + 10*seq
 	cfg.HealthzBindAddress = "127.0.0.1:" + strconv.Itoa(base)
 	cfg.MetricsBindAddress = "127.0.0.1:" + strconv.Itoa(base+1)
+	// Each agent's DNS stub gets a loopback address of its own, port 53.
+	cfg.DNS.ListenAddress = fmt.Sprintf("127.0.%d.77:53", seq%250+1)
 	if mutate != nil {
 		mutate(cfg)
 	}
