@@ -101,6 +101,11 @@ func run() error {
 			return fmt.Errorf("route to %s: %w: %s", c, err, out)
 		}
 	}
+	// Programs started in the VM with `ip netns exec` read the resolv.conf
+	// the agent manages in its host root, as a real VM's read /etc/resolv.conf.
+	if err := tb.SetVMResolvConf(filepath.Join(agent.HostRoot, "etc", "resolv.conf")); err != nil {
+		return err
+	}
 	web, err := tb.Client.CoreV1().Services("demo").Get(ctx, "web", metav1.GetOptions{})
 	if err != nil {
 		return err
@@ -114,8 +119,13 @@ bridge-agent is running in the sandbox's VM network namespace and is ready.
 
 %s
 Try (as root, in another terminal):
-  ip netns exec %[2]s curl -s --http0.9 http://%[11]s/          # demo/web: the answering pod's name
+  ip netns exec %[2]s curl -s --http0.9 http://web.demo.svc/    # demo/web by name: the answering pod's name
+  ip netns exec %[2]s curl -s --http0.9 http://%[11]s/          # the same by ClusterIP
   ip netns exec %[2]s curl -s --http0.9 http://[%[12]s]/        # the same over IPv6
+  ip netns exec %[2]s dig +short web.demo.svc.cluster.local     # the agent's DNS stub (%[13]s)
+  ip netns exec %[2]s dig +short SRV _http._tcp.web.demo.svc
+  ip netns exec %[2]s dig +short www.example.test               # forwarded to the VM's own resolver
+  ip netns exec %[2]s cat /etc/resolv.conf                      # as the agent wired it
   ip netns exec %[2]s iptables-save | grep BRIDGE-             # the agent's rules
   ip netns exec %[2]s ip route show proto 98                    # the agent's routes
   ip netns exec %[2]s %[3]s status --config %[4]s
@@ -129,7 +139,7 @@ The cluster: API server %[8]s, admin kubeconfig %[9]s
 Press Ctrl-C to stop and remove everything.
 `, status, tb.VMNetns, *agentBin, agent.ConfigPath, agent.Config.HealthzBindAddress, agent.Config.MetricsBindAddress,
 		agent.LogPath(), tb.APIServerURL, tb.AdminKubeconfig, tb.AgentKubeconfig,
-		web.Spec.ClusterIPs[0], web.Spec.ClusterIPs[len(web.Spec.ClusterIPs)-1])
+		web.Spec.ClusterIPs[0], web.Spec.ClusterIPs[len(web.Spec.ClusterIPs)-1], agent.Config.DNS.ListenAddress)
 
 	if *runFor > 0 {
 		select {

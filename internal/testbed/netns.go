@@ -356,6 +356,31 @@ func CleanupStale() error {
 
 // cleanupRun deletes every namespace of the run with the given prefix, its
 // owned work directory and its state directory.
+// netnsEtc is where `ip netns exec NAME` finds files to bind over /etc
+// inside NAME (ip-netns(8)): /etc/netns/NAME/resolv.conf becomes that
+// namespace's /etc/resolv.conf, and nothing else's.
+const netnsEtc = "/etc/netns"
+
+// SetVMResolvConf makes programs started in the VM namespace with `ip netns
+// exec` (Exec, Command) read path as their /etc/resolv.conf, the way a
+// program on a real VM reads the host's: point it at an agent's host root
+// and the VM's libc resolves through that agent's DNS stub. Only the VM
+// namespace is affected; Stop undoes it.
+func (t *Testbed) SetVMResolvConf(path string) error {
+	dir := filepath.Join(netnsEtc, t.VMNetns)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("vm resolv.conf: %w", err)
+	}
+	link := filepath.Join(dir, "resolv.conf")
+	if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("vm resolv.conf: %w", err)
+	}
+	if err := os.Symlink(path, link); err != nil {
+		return fmt.Errorf("vm resolv.conf: %w", err)
+	}
+	return nil
+}
+
 func cleanupRun(ctx context.Context, prefix, stateDir string) error {
 	var errs []error
 	names, err := listNetns(ctx, prefix)
@@ -371,6 +396,9 @@ func cleanupRun(ctx context.Context, prefix, stateDir string) error {
 		if err := deleteNetns(ctx, ns); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := os.RemoveAll(filepath.Join(netnsEtc, prefix+"-vm")); err != nil {
+		errs = append(errs, err)
 	}
 	if b, err := os.ReadFile(filepath.Join(stateDir, "workdir")); err == nil {
 		if wd := strings.TrimSpace(string(b)); wd != "" {

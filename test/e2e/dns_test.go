@@ -152,7 +152,28 @@ func TestDNS(t *testing.T) {
 			}
 		})
 	}
-	_ = webPod
+
+	t.Run("an unchanged app on the VM reaches a Service by name", func(t *testing.T) {
+		// The VM's programs read the resolv.conf the agent manages in its
+		// host root, as they would read /etc/resolv.conf on a real VM.
+		if err := tb.SetVMResolvConf(filepath.Join(a.HostRoot, "etc", "resolv.conf")); err != nil {
+			t.Fatal(err)
+		}
+		serviceRoutes(ctx, t)
+		for _, name := range []string{"web." + ns + ".svc", "web." + ns + ".svc.cluster.local"} {
+			out := vmExec(ctx, t, "getent", "ahostsv4", name)
+			if !strings.Contains(out, webV4) {
+				t.Errorf("getent ahostsv4 %s: %q, want %s", name, out, webV4)
+			}
+			got := strings.TrimSpace(vmExec(ctx, t, "curl", "-s", "--http0.9", "--max-time", "5", "http://"+name+"/"))
+			if got != webPod.Name {
+				t.Errorf("curl http://%s/ answered %q, want pod %s", name, got, webPod.Name)
+			}
+		}
+		if out := vmExec(ctx, t, "getent", "ahostsv4", strings.TrimSuffix(testbed.UpstreamTestName, ".")); !strings.Contains(out, testbed.UpstreamTestIPv4) {
+			t.Errorf("getent for a name outside the cluster: %q", out)
+		}
+	})
 
 	t.Run("a new Service resolves within 1s", func(t *testing.T) {
 		name := "late"
