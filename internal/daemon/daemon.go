@@ -81,7 +81,7 @@ type Daemon struct {
 	mu          sync.Mutex
 	restored    *cluster.Snapshot // the saved snapshot served until the informers sync
 	restoreErr  string
-	saved       uint64 // version of the snapshot last written to disk
+	saved       *cluster.Snapshot // the snapshot last written to disk
 	savedAt     time.Time
 	snap        *cluster.Snapshot
 	ready       bool
@@ -253,7 +253,6 @@ func (d *Daemon) restoreSnapshot() {
 		return
 	}
 	d.restored = snap
-	d.saved = snap.Version
 	d.mu.Unlock()
 	d.metrics.restored.Set(1)
 	d.log.Warn("API server unreachable: serving the last snapshot known good", "path", d.statePath,
@@ -266,7 +265,7 @@ func (d *Daemon) restoreSnapshot() {
 func (d *Daemon) saveSnapshot(force bool) {
 	d.mu.Lock()
 	snap := d.snap
-	due := snap != nil && snap.Restored.IsZero() && snap.Version != d.saved && (force || time.Since(d.savedAt) >= saveEvery)
+	due := snap != nil && snap.Restored.IsZero() && snap != d.saved && (force || time.Since(d.savedAt) >= saveEvery)
 	d.mu.Unlock()
 	if !due {
 		return
@@ -277,7 +276,7 @@ func (d *Daemon) saveSnapshot(force bool) {
 		return
 	}
 	d.mu.Lock()
-	d.saved, d.savedAt = snap.Version, time.Now()
+	d.saved, d.savedAt = snap, time.Now()
 	d.mu.Unlock()
 	d.log.Debug("snapshot saved", "version", snap.Version, "path", d.statePath)
 }
@@ -422,7 +421,10 @@ func (d *Daemon) Status() *Status {
 	st.Snapshot.Nodes = []*cluster.Node{}
 	st.Snapshot.Path = d.statePath
 	d.mu.Lock()
-	st.Snapshot.RestoreError, st.Snapshot.SavedVersion, st.Snapshot.SavedAt = d.restoreErr, d.saved, d.savedAt
+	st.Snapshot.RestoreError, st.Snapshot.SavedAt = d.restoreErr, d.savedAt
+	if d.saved != nil {
+		st.Snapshot.SavedVersion = d.saved.Version
+	}
 	d.mu.Unlock()
 	if snap != nil {
 		st.Snapshot.Version, st.Snapshot.Time = snap.Version, snap.Time

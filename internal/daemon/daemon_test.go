@@ -17,7 +17,9 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
 	"github.com/bridge-agent/bridge-agent/internal/config"
@@ -166,4 +168,93 @@ func TestSDNotify(t *testing.T) {
 	read("WATCHDOG=1")
 	stop()
 	read("STOPPING=1")
+}
+
+// TestSavedSnapshot: an agent that cannot list the cluster at start serves
+// the snapshot a previous run saved, says it is degraded, and replaces it
+// with the live one (and saves that) once the API server answers.
+func TestSavedSnapshot(t *testing.T) {
+	cfg := config.Default()
+	cfg.HostRoot = t.TempDir()
+	cfg.HealthzBindAddress, cfg.MetricsBindAddress = "", ""
+	cfg.Proxy.MinSyncPeriod.Duration = 10 * time.Millisecond
+
+	// A previous run's snapshot: one Service the live cluster no longer has.
+	prev := cluster.NewTracker(cluster.TrackerOptions{})
+	prev.UpdateService(&v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "orders"},
+		Spec:       v1.ServiceSpec{ClusterIP: "10.96.0.20", Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
+	})
+	path := cfg.HostPath(cfg.StateDir) + "/" + snapshotFile
+	savedAt := time.Now().Add(-time.Hour)
+	if err := cluster.SaveSnapshot(path, prev.Snapshot(), savedAt); err != nil {
+		t.Fatal(err)
+	}
+
+	client := fake.NewClientset(&v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "live"},
+		Spec:       v1.ServiceSpec{ClusterIP: "10.96.0.21", Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
+	})
+	var down atomic.Bool
+	down.Store(true)
+	client.PrependReactor("list", "*", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if down.Load() {
+			return true, nil, errors.New("connection refused")
+		}
+		return false, nil, nil
+	})
+	cons := &recordingConsumer{}
+	d, err := New(Options{
+		Config: cfg, Client: client, APIHost: "fake", Version: "test",
+		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Consumers:    []Consumer{cons},
+		RestoreAfter: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- d.Run(ctx) }()
+
+	waitUntil(t, 5*time.Second, func() bool {
+		s := cons.lastSnapshot()
+		return s != nil && !s.Restored.IsZero()
+	})
+	if s := cons.lastSnapshot(); s.Services[cluster.ServiceKey{Namespace: "shop", Name: "orders"}] == nil {
+		t.Errorf("served snapshot lacks shop/orders: %v", s.Services)
+	}
+	st := d.Status()
+	if !st.Degraded || !st.Ready || !st.Snapshot.Restored.Equal(savedAt.UTC().Truncate(0)) && st.Snapshot.Restored.Sub(savedAt).Abs() > time.Millisecond {
+		t.Errorf("status while serving the saved snapshot: degraded %v ready %v restored %v (saved %v)", st.Degraded, st.Ready, st.Snapshot.Restored, savedAt)
+	}
+	rec := httptest.NewRecorder()
+	d.serveReadyz(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if rec.Code != 200 || !strings.HasPrefix(rec.Body.String(), "degraded: serving the last snapshot known good, saved 1h0m0s ago") {
+		t.Errorf("readyz: %d %q", rec.Code, rec.Body.String())
+	}
+
+	down.Store(false)
+	waitUntil(t, 30*time.Second, func() bool {
+		s := cons.lastSnapshot()
+		return s != nil && s.Restored.IsZero()
+	})
+	live := cons.lastSnapshot()
+	if live.Services[cluster.ServiceKey{Namespace: "shop", Name: "live"}] == nil || live.Services[cluster.ServiceKey{Namespace: "shop", Name: "orders"}] != nil {
+		t.Errorf("live snapshot: %v", live.Services)
+	}
+	if st := d.Status(); st.Degraded {
+		t.Error("still degraded on the live snapshot")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	got, err := cluster.LoadSnapshot(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Services[cluster.ServiceKey{Namespace: "shop", Name: "live"}] == nil {
+		t.Errorf("the live snapshot was not saved: %v", got.Services)
+	}
 }
