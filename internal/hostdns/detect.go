@@ -78,7 +78,7 @@ func decide(f facts) decision {
 			return decision{
 				Mode:   ModeResolvConf,
 				Reason: what + " but systemd-resolved is not running (no " + resolvedRunDir + ")",
-				Notes:  []string{"systemd-resolved is configured but not running: bridge-agent replaces " + rc + "; start systemd-resolved and run bridge-agent cleanup, then restart the agent, to use it instead"},
+				Notes:  []string{"systemd-resolved is set up but not running, so bridge-agent manages " + rc + " directly; once resolved runs, the next apply switches to it"},
 			}
 		}
 		d := decision{Mode: ModeResolved, Reason: what + " and systemd-resolved is running"}
@@ -155,10 +155,45 @@ func detect(root string) (decision, error) {
 	return decide(f), nil
 }
 
+// detectRecorded is detect for Apply and Upstreams, which have the record:
+// while /etc/resolv.conf is our file, it decides over the recorded original
+// instead, so that auto picks what it would pick on the untouched host and
+// a repeated Apply reports the same reason and notes as the first.
+func detectRecorded(root string, st *store, rec *record) (decision, error) {
+	f, err := gatherFacts(root)
+	if err != nil {
+		return decision{}, fmt.Errorf("detect host dns: %w", err)
+	}
+	if f.Ours && rec.ResolvConf != nil {
+		if f, err = originalFacts(root, st, rec, f.ResolvedRunning); err != nil {
+			return decision{}, fmt.Errorf("detect host dns: %w", err)
+		}
+	}
+	return decide(f), nil
+}
+
+// originalFacts are the facts of the recorded original /etc/resolv.conf.
+func originalFacts(root string, st *store, rec *record, resolvedRunning bool) (facts, error) {
+	o := rec.ResolvConf.Original
+	f := facts{Exists: !o.Missing, ResolvedRunning: resolvedRunning}
+	if o.Symlink != "" {
+		f.Symlink = linkTarget(resolvConfPath, o.Symlink)
+	}
+	content, err := originalContent(root, st, rec)
+	if err != nil {
+		return f, err
+	}
+	rc := parseResolvConf(content)
+	f.Nameservers, f.Comments = rc.Nameservers, rc.Comments
+	return f, nil
+}
+
 // Detect picks the concrete mode that auto means on the host under root,
 // with the reason, from the files there alone: /etc/resolv.conf (whether a
 // symlink, and where to, and what it names) and whether
-// /run/systemd/resolve exists.
+// /run/systemd/resolve exists. A /etc/resolv.conf of ours means resolv.conf
+// mode here; Apply and Upstreams, which read the record, decide over the
+// host's original file instead.
 func Detect(root string) (Mode, string, error) {
 	d, err := detect(root)
 	if err != nil {
