@@ -38,10 +38,12 @@ type Options struct {
 	NamespaceDomains []string
 	// Timeout bounds each upstream attempt.
 	Timeout time.Duration
-	// CacheSize bounds the entries of the forward cache.
+	// CacheSize bounds the entries of the forward cache; negative turns
+	// the cache off.
 	CacheSize int
 	// ServeStale is how long an expired forwarded answer may still be
-	// served when every upstream fails (RFC 8767).
+	// served when every upstream fails (RFC 8767); negative turns serving
+	// stale off.
 	ServeStale time.Duration
 	// MaxPerClient bounds the queries in flight per client address.
 	MaxPerClient int
@@ -58,11 +60,17 @@ func (o Options) withDefaults() Options {
 	if o.Timeout == 0 {
 		o.Timeout = DefaultTimeout
 	}
-	if o.CacheSize == 0 {
+	switch {
+	case o.CacheSize == 0:
 		o.CacheSize = DefaultCacheSize
+	case o.CacheSize < 0:
+		o.CacheSize = 0 // off
 	}
-	if o.ServeStale == 0 {
+	switch {
+	case o.ServeStale == 0:
 		o.ServeStale = DefaultServeStale
+	case o.ServeStale < 0:
+		o.ServeStale = 0 // off
 	}
 	if o.MaxPerClient == 0 {
 		o.MaxPerClient = DefaultMaxPerClient
@@ -80,7 +88,8 @@ func (o Options) withDefaults() Options {
 }
 
 // Validate reports every bad field of o at once. Zero values are valid
-// (they take the defaults), except Listen and ClusterDomain.
+// (they take the defaults), except Listen and ClusterDomain; a negative
+// CacheSize or ServeStale turns that feature off.
 func (o Options) Validate() error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
@@ -107,12 +116,6 @@ func (o Options) Validate() error {
 	}
 	if o.Timeout < 0 {
 		bad("timeout", "%s is negative", o.Timeout)
-	}
-	if o.CacheSize < 0 {
-		bad("cacheSize", "%d is negative", o.CacheSize)
-	}
-	if o.ServeStale < 0 {
-		bad("serveStale", "%s is negative", o.ServeStale)
 	}
 	if o.MaxPerClient < 0 {
 		bad("maxPerClient", "%d is negative", o.MaxPerClient)

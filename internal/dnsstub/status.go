@@ -1,0 +1,85 @@
+package dnsstub
+
+import (
+	"slices"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Status is the DNS stub's part of `bridge-agent status`.
+type Status struct {
+	Listen        string `json:"listen"`
+	ClusterDomain string `json:"clusterDomain"`
+	// Synced is false until the first snapshot: cluster names get SERVFAIL.
+	Synced          bool   `json:"synced"`
+	SnapshotVersion uint64 `json:"snapshotVersion"`
+	ZoneRecords     int    `json:"zoneRecords"`
+	ZoneNames       int    `json:"zoneNames"`
+	// Upstreams are the host's resolvers; Looping those found to point
+	// back at the stub, skipped until the upstreams are set again.
+	Upstreams []string `json:"upstreams"`
+	Looping   []string `json:"looping,omitempty"`
+	// KubeDNS are the servers of cluster names the stub forwards.
+	KubeDNS     []kubeDNSTarget `json:"kubeDNS"`
+	CacheSize   int             `json:"cacheSize"`
+	CacheMax    int             `json:"cacheMax"`
+	CacheHits   uint64          `json:"cacheHits"`
+	CacheMisses uint64          `json:"cacheMisses"`
+	// LastErrors are the most recent failed upstream attempts.
+	LastErrors []ForwardError `json:"lastErrors,omitempty"`
+}
+
+// ForwardError is one failed upstream attempt.
+type ForwardError struct {
+	Time     time.Time `json:"time"`
+	Upstream string    `json:"upstream"`
+	Name     string    `json:"name"`
+	Type     string    `json:"type"`
+	Error    string    `json:"error"`
+}
+
+// upstreamFailed counts and remembers a failed attempt.
+func (s *Server) upstreamFailed(upstream string, q dns.Question, err error) {
+	s.metrics.upstreamErrs.WithLabelValues(upstream).Inc()
+	fe := ForwardError{Time: time.Now(), Upstream: upstream, Name: q.Name, Type: dns.TypeToString[q.Qtype], Error: err.Error()}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastErrs = append(s.lastErrs, fe)
+	if len(s.lastErrs) > lastErrorsKept {
+		s.lastErrs = slices.Delete(s.lastErrs, 0, len(s.lastErrs)-lastErrorsKept)
+	}
+}
+
+// Status returns what the stub reports about itself; safe to call
+// concurrently with queries and Sync.
+func (s *Server) Status() any {
+	st := &Status{
+		Listen:        s.Addr().String(),
+		ClusterDomain: s.opts.ClusterDomain,
+		CacheSize:     s.cache.len(),
+		CacheMax:      s.opts.CacheSize,
+		CacheHits:     counterValue(s.metrics.cacheHits),
+		CacheMisses:   counterValue(s.metrics.cacheMisses),
+		Upstreams:     []string{},
+		KubeDNS:       []kubeDNSTarget{},
+	}
+	if z := s.zone.Load(); z != nil {
+		st.Synced = true
+		st.SnapshotVersion = z.version
+		st.ZoneRecords = z.records
+		st.ZoneNames = len(z.names)
+		st.KubeDNS = append(st.KubeDNS, z.kubeDNS...)
+	}
+	for _, u := range *s.upstreams.Load() {
+		st.Upstreams = append(st.Upstreams, u.String())
+	}
+	s.mu.Lock()
+	for u := range s.looping {
+		st.Looping = append(st.Looping, u.String())
+	}
+	st.LastErrors = slices.Clone(s.lastErrs)
+	s.mu.Unlock()
+	slices.Sort(st.Looping)
+	return st
+}
