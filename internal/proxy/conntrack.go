@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"log/slog"
 	"net"
 	"net/netip"
 
@@ -83,32 +84,41 @@ func udpServicePorts(snap *cluster.Snapshot, fam Family, zone string) map[netip.
 // while a Service port had no endpoints (0 → N). Without a previous state
 // (first sync) there is nothing known to be stale.
 func (p *IPTables) clearStaleConntrack(fam Family, prev, next *appliedState) {
-	if prev == nil || p.conntrack == nil {
+	if prev == nil {
 		return
 	}
-	for sp, oldEps := range prev.udp {
-		newEps := next.udp[sp]
+	clearStaleUDP(p.conntrack, p.log, prev.udp, next.udp)
+}
+
+// clearStaleUDP deletes the UDP entries made stale by the change from the
+// service ports prev to next (both as returned by udpServicePorts).
+func clearStaleUDP(ct conntrackCleaner, log *slog.Logger, prev, next map[netip.AddrPort][]netip.AddrPort) {
+	if ct == nil {
+		return
+	}
+	for sp, oldEps := range prev {
+		newEps := next[sp]
 		for _, ep := range oldEps {
 			if !containsAddrPort(newEps, ep) {
-				p.deleteUDP(sp, ep.Addr())
+				deleteUDP(ct, log, sp, ep.Addr())
 			}
 		}
 	}
-	for sp, newEps := range next.udp {
-		if len(newEps) > 0 && len(prev.udp[sp]) == 0 {
-			p.deleteUDP(sp, netip.Addr{})
+	for sp, newEps := range next {
+		if len(newEps) > 0 && len(prev[sp]) == 0 {
+			deleteUDP(ct, log, sp, netip.Addr{})
 		}
 	}
 }
 
-func (p *IPTables) deleteUDP(sp netip.AddrPort, ep netip.Addr) {
-	n, err := p.conntrack.DeleteUDP(sp, ep)
+func deleteUDP(ct conntrackCleaner, log *slog.Logger, sp netip.AddrPort, ep netip.Addr) {
+	n, err := ct.DeleteUDP(sp, ep)
 	if err != nil {
-		p.log.Warn("deleting stale UDP conntrack entries failed", "service", sp.String(), "endpoint", ep.String(), "err", err)
+		log.Warn("deleting stale UDP conntrack entries failed", "service", sp.String(), "endpoint", ep.String(), "err", err)
 		return
 	}
 	if n > 0 {
-		p.log.Debug("deleted stale UDP conntrack entries", "service", sp.String(), "endpoint", ep.String(), "count", n)
+		log.Debug("deleted stale UDP conntrack entries", "service", sp.String(), "endpoint", ep.String(), "count", n)
 	}
 }
 

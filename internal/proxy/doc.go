@@ -3,6 +3,10 @@
 //
 // # Contract
 //
+// Two backends share the snapshot, SelectEndpoints and the metrics: iptables
+// (below) and nftables (see "nftables layout"); only rendering and applying
+// differ.
+//
 // The package has a pure core and a thin edge. The core turns a
 // cluster.Snapshot into the desired rules as data: SelectEndpoints decides
 // which endpoints of a Service port get traffic (shared by every backend), and
@@ -55,6 +59,60 @@
 // Rejected traffic uses plain REJECT, that is icmp-port-unreachable
 // (icmp6-port-unreachable for IPv6) for every protocol, as kube-proxy does;
 // a TCP client sees "connection refused" either way.
+//
+// # nftables layout
+//
+// With proxy.mode nftables, the same selection is rendered by RenderNFTables
+// into one private table per family, "ip bridge-agent" and "ip6
+// bridge-agent" (NFTablesTable), where Services and endpoints are only
+// elements of a few maps, so the number of chains does not grow with the
+// number of Services:
+//
+//	map service-ips   VIP . proto . port : goto pick-N | goto affinity-N-T
+//	map endpoints     VIP . proto . port . index : endpoint . port
+//	set no-endpoints  VIP . proto . port            (rejected)
+//	set hairpin       endpoint . endpoint           (masqueraded)
+//	set affinity      client . VIP . proto . port . index, dynamic, with timeouts
+//
+//	nat-output      type nat hook output priority -100 (dstnat)     ─► services
+//	nat-prerouting  type nat hook prerouting priority -100 (dstnat) ─► services
+//	services        [VIP . proto . port @service-ips ─► mark-for-masquerade]
+//	                VIP . proto . port vmap @service-ips
+//	pick-N          dnat to VIP . proto . port . numgen random mod N map @endpoints
+//	affinity-N-T    for i < N: client . VIP . proto . port . i @affinity ─► affinity-tT-i
+//	                numgen random mod N vmap { i : goto affinity-tT-i }
+//	affinity-tT-i   update @affinity { client . VIP . proto . port . i timeout Ts }
+//	                dnat to VIP . proto . port . i map @endpoints
+//	nat-postrouting type nat hook postrouting priority 100 (srcnat):
+//	                masquerade (fully-random) marked packets, clearing the mark;
+//	                masquerade DNATed packets whose source is their endpoint
+//	filter-output, filter-forward  type filter hook ... priority 0 (filter):
+//	                ct state new VIP . proto . port @no-endpoints reject
+//
+// numgen's modulus is a constant of its rule and nft cannot feed one map
+// lookup into another, so there is one chain per distinct endpoint count
+// (pick-N), and for sessionAffinity: ClientIP one per distinct count and
+// timeout plus one per timeout and endpoint position: bounded by the
+// largest endpoint count, shared by all Services, and independent of their
+// number. Session affinity records the client with the endpoint's position
+// in the sorted list; when a Service's endpoints change, a client keeps its
+// position, which may then name another endpoint (positions past the new
+// count start over).
+//
+// Other firewalls coexist by priority: our DNAT runs at dstnat (-100), so a
+// filter chain at priority 0 sees Service traffic already rewritten to the
+// endpoint; the reject runs at filter (0) on output and forward, and the
+// masquerade at srcnat (100). Base chains accept by default, so nothing of
+// ours drops traffic that is not for a Service port without endpoints.
+//
+// The first sync (and the first after a failed transaction) deletes and
+// recreates the table in one transaction; later syncs send only the element
+// and chain changes computed against the previous desired state; every
+// FullSyncPeriod the chains and static sets are flushed and refilled in one
+// transaction, which repairs deleted elements or a flushed table while
+// keeping the affinity records. CleanupNFTables deletes the two tables and
+// nothing else; CleanupIPTables removes only the iptables chains: switching
+// modes, run both.
 //
 // # Endpoint selection
 //

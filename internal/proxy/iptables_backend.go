@@ -41,8 +41,7 @@ type IPTables struct {
 	log       *slog.Logger
 	now       func() time.Time
 
-	metrics  *proxyMetrics
-	observed uint64 // newest snapshot version counted in metrics.programming
+	metrics *proxyMetrics
 
 	applied map[Family]*appliedState
 
@@ -201,19 +200,23 @@ func (p *IPTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 
 // FamilyStatus is what the proxy shows of one family in `bridge-agent status`.
 type FamilyStatus struct {
-	Services     int       `json:"services"`
-	ServicePorts int       `json:"servicePorts"`
-	Endpoints    int       `json:"endpoints"`
-	NoEndpoints  int       `json:"portsWithoutEndpoints"`
-	NATRules     int       `json:"natRules"`
-	FilterRules  int       `json:"filterRules"`
-	LastWrite    time.Time `json:"lastWrite,omitzero"`
+	Services     int `json:"services"`
+	ServicePorts int `json:"servicePorts"`
+	Endpoints    int `json:"endpoints"`
+	NoEndpoints  int `json:"portsWithoutEndpoints"`
+	NATRules     int `json:"natRules"`
+	FilterRules  int `json:"filterRules"`
+	// Elements counts the set and map elements (nftables only).
+	Elements  int       `json:"elements,omitempty"`
+	LastWrite time.Time `json:"lastWrite,omitzero"`
 }
 
 // ProxyStatus is the proxy's status detail.
 type ProxyStatus struct {
-	Mode     string                  `json:"mode"`
-	Variant  Variant                 `json:"variant"`
+	Mode string `json:"mode"`
+	// Backend is "iptables" or "nftables".
+	Backend  string                  `json:"backend"`
+	Variant  Variant                 `json:"variant,omitempty"`
 	Families map[string]FamilyStatus `json:"families"`
 }
 
@@ -221,7 +224,7 @@ type ProxyStatus struct {
 func (p *IPTables) Status() any {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := ProxyStatus{Mode: "iptables", Variant: p.opts.Variant, Families: map[string]FamilyStatus{}}
+	st := ProxyStatus{Mode: "iptables", Backend: "iptables", Variant: p.opts.Variant, Families: map[string]FamilyStatus{}}
 	for fam, s := range p.stats {
 		st.Families[fam.String()] = FamilyStatus{
 			Services: s.Services, ServicePorts: s.ServicePorts, Endpoints: s.Endpoints, NoEndpoints: s.NoEndpoints,

@@ -415,43 +415,81 @@ type flowTest struct {
 	masq   bool
 }
 
-// runFlows renders both families of in and traces each packet.
+// runFlows renders both families of in with every backend and traces each
+// packet through the result.
 func runFlows(t *testing.T, in RenderInput, tests []flowTest) {
 	t.Helper()
-	rulesets := map[Family]*ruleset{}
-	for _, f := range []Family{IPv4, IPv6} {
+	for _, b := range flowBackends {
+		t.Run(b.name, func(t *testing.T) {
+			tracers := map[Family]traceFunc{}
+			for _, f := range []Family{IPv4, IPv6} {
+				tracers[f] = b.build(t, in, f)
+			}
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					p := mustPacket(tt)
+					f := IPv4
+					if p.dst.Is6() {
+						f = IPv6
+					}
+					paths, err := tracers[f](p, nil)
+					if err != nil {
+						t.Fatalf("trace: %v", err)
+					}
+					output, masq, err := flow(paths)
+					if err != nil {
+						t.Fatalf("flow: %v", err)
+					}
+					if output != tt.output {
+						t.Errorf("output = %q, want %q", output, tt.output)
+					}
+					if masq != tt.masq {
+						t.Errorf("masquerade = %v, want %v", masq, tt.masq)
+					}
+				})
+			}
+		})
+	}
+}
+
+// traceFunc follows a packet through one backend's rendered rules, given
+// the session affinity records that exist already (recent).
+type traceFunc func(p packet, recent map[string]bool) ([]path, error)
+
+// flowBackends are the backends the packet-flow tests run against: the
+// iptables payloads through the iptables tracer, and the nftables ruleset
+// loaded into a fake table through the nftables interpreter.
+var flowBackends = []struct {
+	name  string
+	build func(t *testing.T, in RenderInput, f Family) traceFunc
+}{{
+	name: "iptables",
+	build: func(t *testing.T, in RenderInput, f Family) traceFunc {
 		in.Family = f
 		nat, filter, _ := render(t, in)
 		rs, err := parseRestore(nat, filter)
 		if err != nil {
 			t.Fatalf("%v: %v", f, err)
 		}
-		rulesets[f] = rs
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			p := mustPacket(tt)
-			f := IPv4
-			if p.dst.Is6() {
-				f = IPv6
-			}
-			paths, err := (&tracer{rs: rulesets[f]}).trace(p)
-			if err != nil {
-				t.Fatalf("trace: %v", err)
-			}
-			output, masq, err := flow(paths)
-			if err != nil {
-				t.Fatalf("flow: %v", err)
-			}
-			if output != tt.output {
-				t.Errorf("output = %q, want %q", output, tt.output)
-			}
-			if masq != tt.masq {
-				t.Errorf("masquerade = %v, want %v", masq, tt.masq)
-			}
+		return func(p packet, recent map[string]bool) ([]path, error) {
+			return (&tracer{rs: rs, recent: recent}).trace(p)
+		}
+	},
+}, {
+	name: "nftables",
+	build: func(t *testing.T, in RenderInput, f Family) traceFunc {
+		fake, _, _, err := loadNFT(NFTRenderInput{
+			Snapshot: in.Snapshot, Family: f, Masquerade: in.Masquerade, MasqueradeMark: in.MasqueradeMark, Zone: in.Zone,
 		})
-	}
-}
+		if err != nil {
+			t.Fatalf("%v: %v", f, err)
+		}
+		tbl := fake.tables[nftTableName(f)]
+		return func(p packet, recent map[string]bool) ([]path, error) {
+			return (&nftTracer{t: tbl, recent: recent}).trace(p)
+		}
+	},
+}}
 
 func mustPacket(tt flowTest) packet {
 	p := packet{proto: tt.proto, dport: tt.dport}
@@ -528,49 +566,64 @@ func TestPacketFlowsZone(t *testing.T) {
 // checks that a second one from the same client sticks to that path's
 // endpoint, and that another client is not affected.
 func TestSessionAffinity(t *testing.T) {
-	for _, tt := range []struct {
-		family Family
-		dst    string
-	}{{IPv4, "172.30.0.70"}, {IPv6, "fd00:30::70"}} {
-		nat, filter, _ := render(t, RenderInput{Snapshot: snapshot(testServices()...), Family: tt.family, Masquerade: true})
-		rs, err := parseRestore(nat, filter)
-		if err != nil {
-			t.Fatal(err)
-		}
-		first := mustPacket(flowTest{dst: tt.dst, dport: 80})
-		paths, err := (&tracer{rs: rs}).trace(first)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(paths) != 2 {
-			t.Fatalf("%v: first packet has %d paths, want 2", tt.family, len(paths))
-		}
-		for _, p := range paths {
-			want := []string{chainOf(sepChainPrefix, "ns2/sticky:http", "tcp", p.dnat)}
-			if diff := cmp.Diff(want, p.recent); diff != "" {
-				t.Errorf("%v: path to %s records the client in (-want +got):\n%s", tt.family, p.dnat, diff)
-				continue
-			}
-			remembered := map[string]bool{p.recent[0]: true}
-			again, err := (&tracer{rs: rs, recent: remembered}).trace(first)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if out, _, err := flow(again); err != nil || out != p.dnat {
-				t.Errorf("%v: second packet after %s went to %q (%v), want %s", tt.family, p.dnat, out, err, p.dnat)
-			}
-		}
+	in := RenderInput{Snapshot: snapshot(testServices()...), Masquerade: true}
+	for _, b := range flowBackends {
+		for _, tt := range []struct {
+			family Family
+			dst    string
+		}{{IPv4, "172.30.0.70"}, {IPv6, "fd00:30::70"}} {
+			t.Run(b.name+"/"+tt.family.String(), func(t *testing.T) {
+				trace := b.build(t, in, tt.family)
+				first := mustPacket(flowTest{dst: tt.dst, dport: 80})
+				paths, err := trace(first, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(paths) != 2 {
+					t.Fatalf("first packet has %d paths, want 2", len(paths))
+				}
+				for _, p := range paths {
+					if len(p.recent) != 1 {
+						t.Errorf("path to %s records the client %d times: %q", p.dnat, len(p.recent), p.recent)
+						continue
+					}
+					if b.name == "iptables" {
+						want := []string{chainOf(sepChainPrefix, "ns2/sticky:http", "tcp", p.dnat)}
+						if diff := cmp.Diff(want, p.recent); diff != "" {
+							t.Errorf("path to %s records the client in (-want +got):\n%s", p.dnat, diff)
+						}
+					}
+					remembered := map[string]bool{p.recent[0]: true}
+					again, err := trace(first, remembered)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if out, _, err := flow(again); err != nil || out != p.dnat {
+						t.Errorf("second packet after %s went to %q (%v), want %s", p.dnat, out, err, p.dnat)
+					}
+					if b.name == "iptables" {
+						continue // the iptables tracer's recent lists do not track clients
+					}
+					// The record is the client's own: another client spreads.
+					other := first
+					other.src = mustAddr(strings.Replace(first.src.String(), "2", "3", 1))
+					if again, err := trace(other, remembered); err != nil || len(again) != 2 {
+						t.Errorf("another client after %s: %d paths (%v), want 2", p.dnat, len(again), err)
+					}
+				}
 
-		// Without affinity, nothing is recorded.
-		plain := mustPacket(flowTest{dst: strings.Replace(tt.dst, "70", "40", 1), dport: 80})
-		paths, err = (&tracer{rs: rs}).trace(plain)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range paths {
-			if len(p.recent) != 0 {
-				t.Errorf("%v: Service without affinity records the client in %q", tt.family, p.recent)
-			}
+				// Without affinity, nothing is recorded.
+				plain := mustPacket(flowTest{dst: strings.Replace(tt.dst, "70", "40", 1), dport: 80})
+				paths, err = trace(plain, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, p := range paths {
+					if len(p.recent) != 0 {
+						t.Errorf("Service without affinity records the client in %q", p.recent)
+					}
+				}
+			})
 		}
 	}
 }
@@ -586,25 +639,25 @@ func TestEvenSpread(t *testing.T) {
 		}
 		svcs = append(svcs, service("spread", fmt.Sprintf("n%d", n), []string{fmt.Sprintf("172.30.1.%d", n)}, p))
 	}
-	nat, filter, _ := render(t, RenderInput{Snapshot: snapshot(svcs...), Family: IPv4})
-	rs, err := parseRestore(nat, filter)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for n := 1; n <= 12; n++ {
-		paths, err := (&tracer{rs: rs}).trace(mustPacket(flowTest{dst: fmt.Sprintf("172.30.1.%d", n), dport: 80}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := shares(paths)
-		if len(got) != n {
-			t.Errorf("%d endpoints: %d reachable", n, len(got))
-		}
-		for dest, share := range got {
-			if math.Abs(share-1/float64(n)) > 1e-9 {
-				t.Errorf("%d endpoints: %s gets %.12f of connections, want %.12f", n, dest, share, 1/float64(n))
+	for _, b := range flowBackends {
+		t.Run(b.name, func(t *testing.T) {
+			trace := b.build(t, RenderInput{Snapshot: snapshot(svcs...)}, IPv4)
+			for n := 1; n <= 12; n++ {
+				paths, err := trace(mustPacket(flowTest{dst: fmt.Sprintf("172.30.1.%d", n), dport: 80}), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := shares(paths)
+				if len(got) != n {
+					t.Errorf("%d endpoints: %d reachable", n, len(got))
+				}
+				for dest, share := range got {
+					if math.Abs(share-1/float64(n)) > 1e-9 {
+						t.Errorf("%d endpoints: %s gets %.12f of connections, want %.12f", n, dest, share, 1/float64(n))
+					}
+				}
 			}
-		}
+		})
 	}
 }
 

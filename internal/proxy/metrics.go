@@ -16,6 +16,8 @@ type proxyMetrics struct {
 	writes      *prometheus.CounterVec
 	repairs     prometheus.Counter
 	programming prometheus.Histogram
+
+	observed uint64 // newest snapshot version counted in programming
 }
 
 func newProxyMetrics() *proxyMetrics {
@@ -45,19 +47,24 @@ func newProxyMetrics() *proxyMetrics {
 }
 
 // Collectors implements daemon.MetricsProvider.
-func (p *IPTables) Collectors() []prometheus.Collector {
-	m := p.metrics
+func (p *IPTables) Collectors() []prometheus.Collector { return p.metrics.collectors() }
+
+func (m *proxyMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.rules, m.noEndpoints, m.writes, m.repairs, m.programming}
 }
 
 // observeProgramming records, once per snapshot, how long the changes it
 // carries took from their trigger time to the kernel.
 func (p *IPTables) observeProgramming(snap *cluster.Snapshot, now time.Time) {
-	if snap == nil || snap.Version <= p.observed {
+	p.metrics.observeProgramming(snap, now)
+}
+
+func (m *proxyMetrics) observeProgramming(snap *cluster.Snapshot, now time.Time) {
+	if snap == nil || snap.Version <= m.observed {
 		return
 	}
-	first := p.observed == 0
-	p.observed = snap.Version
+	first := m.observed == 0
+	m.observed = snap.Version
 	if first {
 		// The first snapshot carries every Service, with trigger times from
 		// before this agent started: not a programming latency.
@@ -68,6 +75,6 @@ func (p *IPTables) observeProgramming(snap *cluster.Snapshot, now time.Time) {
 		if svc == nil || svc.TriggerTime.IsZero() {
 			continue
 		}
-		p.metrics.programming.Observe(now.Sub(svc.TriggerTime).Seconds())
+		m.programming.Observe(now.Sub(svc.TriggerTime).Seconds())
 	}
 }

@@ -1,0 +1,126 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+)
+
+// nftRunner runs nft scripts. Only this is used by the nftables backend; unit
+// tests replace it with a stateful fake.
+type nftRunner interface {
+	// Run feeds script to "nft -f -": one atomic transaction, all or nothing.
+	Run(ctx context.Context, script []byte) error
+}
+
+// execNFT is the real nftRunner: it runs the nft command. argv is the command
+// line up to, not including, "-f -" (normally just the path of nft).
+type execNFT struct {
+	argv []string
+}
+
+var _ nftRunner = (*execNFT)(nil)
+
+// newExecNFT finds the nft command.
+func newExecNFT() (*execNFT, error) {
+	path, err := exec.LookPath("nft")
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	return &execNFT{argv: []string{path}}, nil
+}
+
+func (x *execNFT) Run(ctx context.Context, script []byte) error {
+	_, err := x.run(ctx, script, "-f", "-")
+	return err
+}
+
+// check validates script without committing it (nft --check): the kernel
+// evaluates the whole transaction, then it is aborted.
+func (x *execNFT) check(ctx context.Context, script []byte) error {
+	_, err := x.run(ctx, script, "--check", "-f", "-")
+	return err
+}
+
+func (x *execNFT) run(ctx context.Context, stdin []byte, args ...string) ([]byte, error) {
+	argv := append(append([]string{}, x.argv...), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		// nft repeats the whole offending line; the first lines are enough.
+		if lines := strings.SplitN(msg, "\n", 7); len(lines) > 6 {
+			msg = strings.Join(lines[:6], "\n") + "\n..."
+		}
+		return out, &NFTError{Err: err, Stderr: msg}
+	}
+	return out, nil
+}
+
+// NFTError is a failed nft run.
+type NFTError struct {
+	Err    error
+	Stderr string
+}
+
+func (e *NFTError) Error() string { return "nft: " + e.Err.Error() + ": " + e.Stderr }
+func (e *NFTError) Unwrap() error { return e.Err }
+
+// isNFTNotFound reports whether err says that an object does not exist.
+func isNFTNotFound(err error) bool {
+	var ne *NFTError
+	return errors.As(err, &ne) && strings.Contains(ne.Stderr, "No such file or directory")
+}
+
+// nftSupportScript exercises every feature the layout needs, in a table
+// that is never committed: concatenated keys with numgen, dnat from a map
+// with concatenated data, verdict maps, dynamic sets with timeouts, numgen
+// offsets, masquerade and reject.
+const nftSupportScript = `add table ip bridge-agent-check
+add map ip bridge-agent-check m { typeof ip daddr . meta l4proto . udp dport . numgen random mod 65536 : ip daddr . udp dport; }
+add map ip bridge-agent-check v { type ipv4_addr . inet_proto . inet_service : verdict; }
+add set ip bridge-agent-check a { typeof ip saddr . ip daddr . meta l4proto . udp dport . numgen random mod 65536; flags dynamic,timeout; size 1024; }
+add chain ip bridge-agent-check c
+add chain ip bridge-agent-check o { type nat hook output priority -100; policy accept; }
+add chain ip bridge-agent-check p { type nat hook postrouting priority 100; policy accept; }
+add chain ip bridge-agent-check f { type filter hook output priority 0; policy accept; }
+add rule ip bridge-agent-check o ip daddr . meta l4proto . th dport vmap @v
+add rule ip bridge-agent-check c update @a { ip saddr . ip daddr . meta l4proto . th dport . numgen random mod 1 offset 1 timeout 10s }
+add rule ip bridge-agent-check c dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @m
+add rule ip bridge-agent-check p meta mark & 0x4000 == 0x4000 meta mark set meta mark ^ 0x4000 masquerade fully-random
+add rule ip bridge-agent-check f ct state new ip daddr . meta l4proto . th dport @v reject
+add element ip bridge-agent-check v { 10.0.0.1 . tcp . 80 : goto c }
+add element ip bridge-agent-check m { 10.0.0.1 . tcp . 80 . 0 : 10.0.1.1 . 8080 }
+`
+
+// NFTablesSupported reports whether this host can run the nftables backend:
+// the nft command is installed and it and the kernel accept the features the
+// layout uses (checked with nft --check, which changes nothing). The reason
+// says why not, or what was found.
+func NFTablesSupported(ctx context.Context) (bool, string) {
+	x, err := newExecNFT()
+	if err != nil {
+		return false, "nft is not installed"
+	}
+	return nftSupported(ctx, x)
+}
+
+func nftSupported(ctx context.Context, x *execNFT) (bool, string) {
+	out, err := x.run(ctx, nil, "--version")
+	if err != nil {
+		return false, fmt.Sprintf("nft does not run: %v", err)
+	}
+	version := strings.TrimSpace(string(out))
+	if err := x.check(ctx, []byte(nftSupportScript)); err != nil {
+		return false, fmt.Sprintf("%s or the kernel lacks features the nftables backend needs: %v", version, err)
+	}
+	return true, version
+}
