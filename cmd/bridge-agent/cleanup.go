@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/bridge-agent/bridge-agent/internal/hostdns"
 	"github.com/bridge-agent/bridge-agent/internal/proxy"
 	"github.com/bridge-agent/bridge-agent/internal/routes"
 )
@@ -34,7 +35,16 @@ func cleanupCmd(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "  %s\n", r)
 		}
 	}
-	for _, p := range []string{cfg.HostPath(cfg.StatusSocket), cfg.HostPath(cfg.StateDir)} {
+	// Before the state directory goes: it holds the original resolv.conf.
+	remove := []string{cfg.HostPath(cfg.StatusSocket), cfg.HostPath(cfg.StateDir)}
+	if err := hostdns.Cleanup(context.Background(), cfg.HostRoot, cfg.HostPath(cfg.StateDir), nil); err != nil {
+		fmt.Fprintf(stderr, "bridge-agent: cleanup: %v (keeping %s, which holds the original)\n", err, cfg.HostPath(cfg.StateDir))
+		failed = true
+		remove = remove[:1]
+	} else {
+		fmt.Fprintln(stdout, "restored the host resolver (resolved drop-in or resolv.conf) where the agent had changed it")
+	}
+	for _, p := range remove {
 		if err := os.RemoveAll(p); err != nil {
 			fmt.Fprintf(stderr, "bridge-agent: cleanup: %v\n", err)
 			failed = true

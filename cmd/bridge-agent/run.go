@@ -43,11 +43,12 @@ func runCmd(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	consumers, err := newConsumers(ctx, cfg, log)
+	consumers, stopConsumers, err := newConsumers(ctx, cfg, log)
 	if err != nil {
 		log.Error("cannot run", "err", err)
 		return 1
 	}
+	defer stopConsumers()
 	d, err := daemon.New(daemon.Options{
 		Config:    cfg,
 		Client:    client,
@@ -66,12 +67,14 @@ func runCmd(args []string, stderr io.Writer) int {
 	return 0
 }
 
-// newConsumers builds the host-side consumers the configuration asks for.
-func newConsumers(ctx context.Context, cfg *config.Config, log *slog.Logger) ([]daemon.Consumer, error) {
+// newConsumers builds the host-side consumers the configuration asks for,
+// and a function that stops those that hold resources (the DNS stub).
+func newConsumers(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ []daemon.Consumer, stop func(), err error) {
 	var out []daemon.Consumer
+	stop = func() {}
 	rt, err := routes.New(cfg, log.With("consumer", "routes"))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	log.Info("routes", "mode", cfg.Routes.Mode, "protocol", cfg.Routes.Protocol, "table", cfg.Routes.Table)
 	out = append(out, rt)
@@ -87,12 +90,21 @@ func newConsumers(ctx context.Context, cfg *config.Config, log *slog.Logger) ([]
 			Logger:         log.With("consumer", "proxy"),
 		})
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		log.Info("proxy: iptables", "variant", p.Variant())
 		out = append(out, p)
 	}
-	return out, nil
+	if cfg.DNS.Mode == config.DNSStub {
+		dlog := log.With("consumer", "dns")
+		d, err := startDNS(ctx, cfg, dlog)
+		if err != nil {
+			return nil, nil, err
+		}
+		out = append(out, d)
+		stop = func() { d.stop(dlog) }
+	}
+	return out, stop, nil
 }
 
 // masquerade resolves proxy.masquerade. auto masquerades unless the agent

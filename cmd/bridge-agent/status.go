@@ -15,6 +15,8 @@ import (
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
+	"github.com/bridge-agent/bridge-agent/internal/dnsstub"
+	"github.com/bridge-agent/bridge-agent/internal/hostdns"
 	"github.com/bridge-agent/bridge-agent/internal/proxy"
 	"github.com/bridge-agent/bridge-agent/internal/routes"
 )
@@ -113,6 +115,7 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) {
 	}
 	printProxy(w, st)
 	printRoutes(w, st)
+	printDNS(w, st)
 
 	fmt.Fprintf(w, "\nServices (%d, %d endpoints):\n", len(st.Snapshot.Services), st.Snapshot.Endpoints)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -231,4 +234,58 @@ func printProxy(w io.Writer, st *daemon.Status) {
 				f, fs.Services, fs.ServicePorts, fs.NoEndpoints, fs.Endpoints, fs.NATRules, fs.FilterRules, fs.LastWrite.Format(time.RFC3339))
 		}
 	}
+}
+
+// printDNS shows the DNS consumer's details: the stub and the host
+// resolver's wiring.
+func printDNS(w io.Writer, st *daemon.Status) {
+	for _, c := range st.Consumers {
+		if c.Name != "dns" || len(c.Details) == 0 {
+			continue
+		}
+		var ds struct {
+			Stub         dnsstub.Status  `json:"stub"`
+			HostResolver *hostdns.Result `json:"hostResolver"`
+		}
+		if err := json.Unmarshal(c.Details, &ds); err != nil {
+			fmt.Fprintf(w, "\nDNS: cannot decode: %v\n", err)
+			return
+		}
+		s := ds.Stub
+		fmt.Fprintf(w, "\nDNS stub on %s (%s): ", s.Listen, s.ClusterDomain)
+		if s.Synced {
+			fmt.Fprintf(w, "%d records for %d names from snapshot %d\n", s.ZoneRecords, s.ZoneNames, s.SnapshotVersion)
+		} else {
+			fmt.Fprintln(w, "no snapshot yet: cluster names get SERVFAIL")
+		}
+		var kd []string
+		for _, k := range s.KubeDNS {
+			if k.UDP == k.TCP {
+				kd = append(kd, k.UDP.String())
+			} else {
+				kd = append(kd, "udp "+k.UDP.String()+" tcp "+k.TCP.String())
+			}
+		}
+		fmt.Fprintf(w, "  kube-dns:  %s\n", orNone(strings.Join(kd, " ")))
+		fmt.Fprintf(w, "  upstreams: %s", orNone(strings.Join(s.Upstreams, " ")))
+		if len(s.Looping) > 0 {
+			fmt.Fprintf(w, " (skipped, pointing back at the stub: %s)", strings.Join(s.Looping, " "))
+		}
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "  cache:     %d/%d entries, %d hits, %d misses\n", s.CacheSize, s.CacheMax, s.CacheHits, s.CacheMisses)
+		for _, e := range s.LastErrors {
+			fmt.Fprintf(w, "  error %s: %s %s via %s: %s\n", e.Time.Format(time.TimeOnly), e.Name, e.Type, e.Upstream, e.Error)
+		}
+		if ds.HostResolver != nil {
+			fmt.Fprintln(w, "Host resolver:")
+			ds.HostResolver.WriteText(w)
+		}
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }
