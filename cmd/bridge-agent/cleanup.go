@@ -26,6 +26,12 @@ func cleanupCmd(args []string, stdout, stderr io.Writer) int {
 	} else {
 		fmt.Fprintln(stdout, "removed iptables chains and jumps of ours (legacy and nft, IPv4 and IPv6)")
 	}
+	if err := proxy.CleanupNFTables(context.Background()); err != nil {
+		fmt.Fprintf(stderr, "bridge-agent: cleanup: %v\n", err)
+		failed = true
+	} else {
+		fmt.Fprintln(stdout, "removed nftables tables of ours (ip and ip6 bridge-agent)")
+	}
 	if removed, err := routes.Cleanup(cfg.Routes.Protocol); err != nil {
 		fmt.Fprintf(stderr, "bridge-agent: cleanup: %v\n", err)
 		failed = true

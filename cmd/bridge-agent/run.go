@@ -9,6 +9,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
 	"github.com/bridge-agent/bridge-agent/internal/config"
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
@@ -78,21 +80,11 @@ func newConsumers(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 	}
 	log.Info("routes", "mode", cfg.Routes.Mode, "protocol", cfg.Routes.Protocol, "table", cfg.Routes.Table)
 	out = append(out, rt)
-	if cfg.Proxy.Mode == "iptables" {
-		variant := proxy.Variant(cfg.Proxy.IPTablesVariant)
-		if variant == "auto" {
-			variant = ""
-		}
-		p, err := proxy.NewIPTables(ctx, proxy.IPTablesOptions{
-			Variant:        variant,
-			Masquerade:     masquerade(cfg),
-			FullSyncPeriod: cfg.Proxy.SyncPeriod.Duration,
-			Logger:         log.With("consumer", "proxy"),
-		})
+	if cfg.Proxy.Mode != "none" {
+		p, err := newProxy(ctx, cfg, log.With("consumer", "proxy"))
 		if err != nil {
 			return nil, nil, err
 		}
-		log.Info("proxy: iptables", "variant", p.Variant())
 		out = append(out, p)
 	}
 	if cfg.DNS.Mode == config.DNSStub {
@@ -105,6 +97,80 @@ func newConsumers(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ 
 		stop = func() { d.stop(dlog) }
 	}
 	return out, stop, nil
+}
+
+// proxyBackend is what the daemon uses of a proxy backend.
+type proxyBackend interface {
+	daemon.Consumer
+	Status() any
+	Collectors() []prometheus.Collector
+}
+
+// newProxy builds the backend proxy.mode names (auto: see
+// proxy.ChooseBackend). The other backend's rules, left by an earlier run in
+// the other mode, are removed after the first successful sync, not before:
+// until then they keep the Services working.
+func newProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (proxyBackend, error) {
+	mode := cfg.Proxy.Mode
+	if mode == "auto" {
+		var reason string
+		mode, reason = proxy.ChooseBackend(ctx)
+		log.Info("proxy: mode auto", "backend", mode, "reason", reason)
+	}
+	switch mode {
+	case proxy.BackendNFTables:
+		p, err := proxy.NewNFTables(ctx, proxy.NFTablesOptions{
+			Masquerade:     masquerade(cfg),
+			FullSyncPeriod: cfg.Proxy.SyncPeriod.Duration,
+			Logger:         log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		log.Info("proxy: nftables")
+		return &cleaningProxy{proxyBackend: p, other: "iptables", cleanup: proxy.CleanupIPTables, log: log}, nil
+	default:
+		variant := proxy.Variant(cfg.Proxy.IPTablesVariant)
+		if variant == "auto" {
+			variant = ""
+		}
+		p, err := proxy.NewIPTables(ctx, proxy.IPTablesOptions{
+			Variant:        variant,
+			Masquerade:     masquerade(cfg),
+			FullSyncPeriod: cfg.Proxy.SyncPeriod.Duration,
+			Logger:         log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		log.Info("proxy: iptables", "variant", p.Variant())
+		return &cleaningProxy{proxyBackend: p, other: "nftables", cleanup: proxy.CleanupNFTables, log: log}, nil
+	}
+}
+
+// cleaningProxy removes the other backend's rules once its own backend has
+// synced successfully.
+type cleaningProxy struct {
+	proxyBackend
+	other   string
+	cleanup func(context.Context) error
+	cleaned bool
+	log     *slog.Logger
+}
+
+// Sync syncs the backend, then, once, removes the other backend's rules.
+func (c *cleaningProxy) Sync(ctx context.Context, snap *cluster.Snapshot) error {
+	if err := c.proxyBackend.Sync(ctx, snap); err != nil {
+		return err
+	}
+	if !c.cleaned {
+		if err := c.cleanup(ctx); err != nil {
+			c.log.Warn("proxy: cannot remove the rules of the other backend; retrying at the next sync", "backend", c.other, "err", err)
+			return nil
+		}
+		c.cleaned = true
+	}
+	return nil
 }
 
 // masquerade resolves proxy.masquerade. auto masquerades unless the agent

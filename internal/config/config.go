@@ -93,7 +93,10 @@ type Scope struct {
 
 // Proxy configures the ClusterIP proxy.
 type Proxy struct {
-	// Mode is iptables (default) or none (no NAT rules; DNS and routes only).
+	// Mode is auto (default), nftables, iptables or none (no NAT rules; DNS
+	// and routes only). auto picks nftables where this host's nft and kernel
+	// support the agent's layout and the host keeps no rules in
+	// iptables-legacy, iptables otherwise.
 	Mode string `json:"mode,omitempty"`
 	// IPTablesVariant is legacy, nft or auto (default): the variant that
 	// already holds this host's rules, so the agent's sit beside them.
@@ -225,7 +228,7 @@ func Default() *Config {
 		HealthzBindAddress: "127.0.0.1:10356",
 		MetricsBindAddress: "127.0.0.1:10357",
 		Proxy: Proxy{
-			Mode:            "iptables",
+			Mode:            "auto",
 			IPTablesVariant: "auto",
 			Masquerade:      "auto",
 			MinSyncPeriod:   metav1.Duration{Duration: time.Second},

@@ -165,10 +165,14 @@ func TestDNS(t *testing.T) {
 			if !strings.Contains(out, webV4) {
 				t.Errorf("getent ahostsv4 %s: %q, want %s", name, out, webV4)
 			}
-			got := strings.TrimSpace(vmExec(ctx, t, "curl", "-s", "--http0.9", "--max-time", "5", "http://"+name+"/"))
-			if got != webPod.Name {
-				t.Errorf("curl http://%s/ answered %q, want pod %s", name, got, webPod.Name)
-			}
+			// The first reachability includes the EndpointSlice controller's lag.
+			waitFor(t, 20*time.Second, "curl http://"+name+"/", func() error {
+				out, err := tb.Exec(ctx, tb.VMNetns, "curl", "-s", "--http0.9", "--max-time", "5", "http://"+name+"/")
+				if got := strings.TrimSpace(string(out)); err != nil || got != webPod.Name {
+					return fmt.Errorf("answered %q (%v), want pod %s", got, err, webPod.Name)
+				}
+				return nil
+			})
 		}
 		if out := vmExec(ctx, t, "getent", "ahostsv4", strings.TrimSuffix(testbed.UpstreamTestName, ".")); !strings.Contains(out, testbed.UpstreamTestIPv4) {
 			t.Errorf("getent for a name outside the cluster: %q", out)

@@ -158,44 +158,126 @@ func createService(ctx context.Context, t *testing.T, ns, name string, proto v1.
 	return s
 }
 
-// TestProxyIPTables sends real packets from the VM namespace to ClusterIPs
-// through the agent's rules, once per iptables variant.
-func TestProxyIPTables(t *testing.T) {
+// proxyMode is one proxy backend the proxy tests run against.
+type proxyMode struct {
+	name    string // subtest name, also a namespace suffix
+	mode    string // proxy.mode
+	variant string // proxy.iptablesVariant, for iptables
+}
+
+// proxyModes are the backends every proxy test runs on: the same packets,
+// the same expectations.
+var proxyModes = []proxyMode{
+	{name: "iptables", mode: "iptables", variant: "auto"},
+	{name: "nftables", mode: "nftables"},
+}
+
+func (m proxyMode) configure(c *config.Config) {
+	c.Proxy.Mode = m.mode
+	if m.variant != "" {
+		c.Proxy.IPTablesVariant = m.variant
+	}
+}
+
+// forEachMode runs test once per backend, in a namespace of its own.
+func forEachMode(t *testing.T, ns string, test func(t *testing.T, m proxyMode, ns string)) {
+	for _, m := range proxyModes {
+		t.Run(m.name, func(t *testing.T) { test(t, m, ns+"-"+m.name) })
+	}
+}
+
+// dnatTargets counts the endpoint translations the backend holds in the VM:
+// DNAT rules for iptables, elements of the endpoints maps for nftables.
+func (m proxyMode) dnatTargets(ctx context.Context, t *testing.T) int {
+	t.Helper()
+	if m.mode == "nftables" {
+		n := 0
+		for _, fam := range []string{"ip", "ip6"} {
+			out := vmExec(ctx, t, "nft", "list", "map", fam, "bridge-agent", "endpoints")
+			n += strings.Count(out, " : ")
+		}
+		return n
+	}
+	out := vmExec(ctx, t, "iptables-save", "-t", "nat")
+	return strings.Count(out, "-j DNAT")
+}
+
+// TestProxy sends real packets from the VM namespace to ClusterIPs through
+// the agent's rules: iptables in both variants, and nftables.
+func TestProxy(t *testing.T) {
 	requireTestbed(t)
-	for i, variant := range []string{"legacy", "nft"} {
-		t.Run(variant, func(t *testing.T) {
-			testProxyIPTables(t, variant, fmt.Sprintf("px%d", i))
+	for i, m := range []proxyMode{
+		{name: "iptables-legacy", mode: "iptables", variant: "legacy"},
+		{name: "iptables-nft", mode: "iptables", variant: "nft"},
+		{name: "nftables", mode: "nftables"},
+	} {
+		t.Run(m.name, func(t *testing.T) {
+			testProxy(t, m, fmt.Sprintf("px%d", i))
 		})
 	}
 }
 
-func testProxyIPTables(t *testing.T, variant, ns string) {
+// foreignRules are someone else's rules in the VM (a docker chain, a host
+// firewall) that the agent must never touch.
+type foreignRules struct {
+	add, del [][]string
+	dump     []string // command whose output must keep showing want
+	want     []string
+}
+
+func foreignFor(m proxyMode) foreignRules {
+	if m.mode == "nftables" {
+		return foreignRules{
+			add: [][]string{
+				{"iptables-nft", "-t", "nat", "-N", "DOCKER"},
+				{"iptables-nft", "-t", "nat", "-A", "DOCKER", "-d", "198.51.100.1/32", "-j", "RETURN"},
+				{"nft", "add table inet hostfw; add chain inet hostfw input { type filter hook input priority 0; policy accept; }; add rule inet hostfw input tcp dport 2222 accept"},
+			},
+			del: [][]string{
+				{"iptables-nft", "-t", "nat", "-F", "DOCKER"},
+				{"iptables-nft", "-t", "nat", "-X", "DOCKER"},
+				{"nft", "delete table inet hostfw"},
+			},
+			dump: []string{"nft", "list", "ruleset"},
+			want: []string{"chain DOCKER", "ip daddr 198.51.100.1 ", "table inet hostfw", "tcp dport 2222 accept"},
+		}
+	}
+	v := m.variant
+	return foreignRules{
+		add: [][]string{
+			{"iptables-" + v, "-t", "nat", "-N", "DOCKER"},
+			{"iptables-" + v, "-t", "nat", "-A", "DOCKER", "-d", "198.51.100.1/32", "-j", "RETURN"},
+			{"iptables-" + v, "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "2222", "-j", "ACCEPT"},
+		},
+		del: [][]string{
+			{"iptables-" + v, "-t", "nat", "-F", "DOCKER"},
+			{"iptables-" + v, "-t", "nat", "-X", "DOCKER"},
+			{"iptables-" + v, "-t", "filter", "-D", "INPUT", "-p", "tcp", "--dport", "2222", "-j", "ACCEPT"},
+		},
+		dump: []string{"iptables-" + v + "-save"},
+		want: []string{":DOCKER", "-A DOCKER -d 198.51.100.1/32 -j RETURN", "-A INPUT -p tcp -m tcp --dport 2222 -j ACCEPT"},
+	}
+}
+
+func testProxy(t *testing.T, m proxyMode, ns string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	serviceRoutes(ctx, t)
 
 	// Someone else's rules that must survive everything we do.
-	save := "iptables-" + variant + "-save"
-	for _, cmd := range [][]string{
-		{"iptables-" + variant, "-t", "nat", "-N", "DOCKER"},
-		{"iptables-" + variant, "-t", "nat", "-A", "DOCKER", "-d", "198.51.100.1/32", "-j", "RETURN"},
-		{"iptables-" + variant, "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "2222", "-j", "ACCEPT"},
-	} {
+	fr := foreignFor(m)
+	for _, cmd := range fr.add {
 		vmExec(ctx, t, cmd...)
 	}
 	t.Cleanup(func() {
-		for _, cmd := range [][]string{
-			{"iptables-" + variant, "-t", "nat", "-F", "DOCKER"},
-			{"iptables-" + variant, "-t", "nat", "-X", "DOCKER"},
-			{"iptables-" + variant, "-t", "filter", "-D", "INPUT", "-p", "tcp", "--dport", "2222", "-j", "ACCEPT"},
-		} {
+		for _, cmd := range fr.del {
 			_, _ = tb.Exec(context.Background(), tb.VMNetns, cmd...)
 		}
 	})
 	foreign := func() {
 		t.Helper()
-		out := vmExec(ctx, t, save)
-		for _, want := range []string{":DOCKER", "-A DOCKER -d 198.51.100.1/32 -j RETURN", "-A INPUT -p tcp -m tcp --dport 2222 -j ACCEPT"} {
+		out := vmExec(ctx, t, fr.dump...)
+		for _, want := range fr.want {
 			if !strings.Contains(out, want) {
 				t.Errorf("foreign rule %q is gone:\n%s", want, out)
 			}
@@ -216,7 +298,7 @@ func testProxyIPTables(t *testing.T, variant, ns string) {
 	empty := createService(ctx, t, ns, "empty", v1.ProtocolTCP, 80, "http", map[string]string{"app": "nothing"})
 
 	a := newAgent(t, true, func(c *config.Config) {
-		c.Proxy.IPTablesVariant = variant
+		m.configure(c)
 		c.Proxy.SyncPeriod.Duration = 2 * time.Second
 	})
 	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
@@ -271,14 +353,20 @@ func testProxyIPTables(t *testing.T, variant, ns string) {
 		}
 		return nil
 	})
-	t.Logf("%s: deleted pod out of rotation after %v", variant, took.Round(time.Millisecond))
+	t.Logf("%s: deleted pod out of rotation after %v", m.name, took.Round(time.Millisecond))
 	foreign()
 
-	// Someone flushes the nat table: the agent restores its rules.
-	vmExec(ctx, t, "iptables-"+variant, "-t", "nat", "-F")
+	// Someone flushes the agent's rules: the agent restores them.
+	if m.mode == "nftables" {
+		vmExec(ctx, t, "nft", "flush", "table", "ip", "bridge-agent")
+	} else {
+		vmExec(ctx, t, "iptables-"+m.variant, "-t", "nat", "-F")
+	}
 	took = waitFor(t, 10*time.Second, "rules restored after a flush", func() error { _, err := askTCP(ctx, webAddr); return err })
-	t.Logf("%s: rules restored %v after iptables -t nat -F", variant, took.Round(time.Millisecond))
-	vmExec(ctx, t, "iptables-"+variant, "-t", "nat", "-A", "DOCKER", "-d", "198.51.100.1/32", "-j", "RETURN") // ours to repair, not the agent's
+	t.Logf("%s: rules restored %v after a flush", m.name, took.Round(time.Millisecond))
+	if m.mode != "nftables" {
+		vmExec(ctx, t, "iptables-"+m.variant, "-t", "nat", "-A", "DOCKER", "-d", "198.51.100.1/32", "-j", "RETURN") // ours to repair, not the agent's
+	}
 
 	// cleanup removes every chain and jump of ours, and nothing else.
 	if err := a.Stop(); err != nil {
@@ -290,10 +378,13 @@ func testProxyIPTables(t *testing.T, variant, ns string) {
 	if out, err := a.Run(ctx, "cleanup"); err != nil {
 		t.Fatalf("cleanup: %v\n%s", err, out)
 	}
-	for _, s := range []string{save, "ip6tables-" + variant + "-save"} {
+	for _, s := range []string{"iptables-legacy-save", "ip6tables-legacy-save", "iptables-nft-save", "ip6tables-nft-save"} {
 		if out := vmExec(ctx, t, s); strings.Contains(out, "BRIDGE-") {
 			t.Errorf("%s still shows our rules after cleanup:\n%s", s, out)
 		}
+	}
+	if out := vmExec(ctx, t, "nft", "list", "tables"); strings.Contains(out, "bridge-agent") {
+		t.Errorf("nft still lists our tables after cleanup:\n%s", out)
 	}
 	foreign()
 }
@@ -302,10 +393,13 @@ func testProxyIPTables(t *testing.T, variant, ns string) {
 // API server; not-ready pods leave rotation; ClientIP affinity sticks.
 func TestProxyResilience(t *testing.T) {
 	requireTestbed(t)
+	forEachMode(t, "resil", testProxyResilience)
+}
+
+func testProxyResilience(t *testing.T, m proxyMode, ns string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	serviceRoutes(ctx, t)
-	const ns = "resil"
 	sel := map[string]string{"app": "res"}
 	for i := 1; i <= 2; i++ {
 		createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: fmt.Sprintf("res-%d", i), Node: i, Labels: sel,
@@ -318,7 +412,7 @@ func TestProxyResilience(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	a := startAgent(t, true)
+	a := newAgent(t, true, m.configure)
 	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -436,7 +530,7 @@ func TestProxyXtablesLock(t *testing.T) {
 
 	// A private lock file, so the test never contends with the machine's own.
 	lock := t.TempDir() + "/xtables.lock"
-	a := newAgent(t, true, func(c *config.Config) { c.Proxy.IPTablesVariant = "legacy" }, "XTABLES_LOCKFILE="+lock)
+	a := newAgent(t, true, func(c *config.Config) { c.Proxy.Mode, c.Proxy.IPTablesVariant = "iptables", "legacy" }, "XTABLES_LOCKFILE="+lock)
 	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -474,17 +568,20 @@ func TestProxyXtablesLock(t *testing.T) {
 // holds up other Services' rules.
 func TestProxyTerminatingAndLargeSlices(t *testing.T) {
 	requireTestbed(t)
+	forEachMode(t, "term", testProxyTerminatingAndLargeSlices)
+}
+
+func testProxyTerminatingAndLargeSlices(t *testing.T, m proxyMode, ns string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	serviceRoutes(ctx, t)
-	const ns = "term"
 	sel := map[string]string{"app": "term"}
 	for i := 1; i <= 2; i++ {
 		createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: fmt.Sprintf("term-%d", i), Node: i, Labels: sel,
 			Ports: []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}, Ready: true})
 	}
 	svc := createService(ctx, t, ns, "term", v1.ProtocolTCP, 80, "http", sel)
-	a := startAgent(t, true)
+	a := newAgent(t, true, m.configure)
 	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -563,8 +660,8 @@ func TestProxyTerminatingAndLargeSlices(t *testing.T) {
 	otherAddr := net.JoinHostPort(other.Spec.ClusterIPs[0], "80")
 	took := waitFor(t, 15*time.Second, "a Service created beside the large one", func() error { _, err := askTCP(ctx, otherAddr); return err })
 	t.Logf("new service reachable %v after creation, beside 5,000 endpoints", took.Round(time.Millisecond))
-	if out := vmExec(ctx, t, "iptables-save", "-t", "nat"); strings.Count(out, "-j DNAT") < 5000 {
-		t.Errorf("want at least 5,000 DNAT rules, got %d", strings.Count(out, "-j DNAT"))
+	if n := m.dnatTargets(ctx, t); n < 5000 {
+		t.Errorf("want at least 5,000 endpoint translations, got %d", n)
 	}
 }
 
@@ -573,15 +670,18 @@ func TestProxyTerminatingAndLargeSlices(t *testing.T) {
 // when the Service goes from no endpoints to one.
 func TestProxyUDPConntrack(t *testing.T) {
 	requireTestbed(t)
+	forEachMode(t, "udpct", testProxyUDPConntrack)
+}
+
+func testProxyUDPConntrack(t *testing.T, m proxyMode, ns string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	serviceRoutes(ctx, t)
-	const ns = "udpct"
 	sel := map[string]string{"app": "udpct"}
 	port := []testbed.Port{{Name: "dns", Port: 5353, Protocol: "UDP"}}
 	createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: "u-1", Node: 1, Labels: sel, Ports: port, Ready: true})
 	svc := createService(ctx, t, ns, "u", v1.ProtocolUDP, 53, "dns", sel)
-	a := startAgent(t, true)
+	a := newAgent(t, true, m.configure)
 	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -656,10 +756,13 @@ func TestProxyUDPConntrack(t *testing.T) {
 // each resolved to the pods' own container port by name.
 func TestProxyMultiPort(t *testing.T) {
 	requireTestbed(t)
+	forEachMode(t, "multi", testProxyMultiPort)
+}
+
+func testProxyMultiPort(t *testing.T, m proxyMode, ns string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	serviceRoutes(ctx, t)
-	const ns = "multi"
 	sel := map[string]string{"app": "multi"}
 	// The two pods name the same ports but listen on different numbers.
 	createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: "m-1", Node: 1, Labels: sel, Ready: true,
@@ -671,7 +774,7 @@ func TestProxyMultiPort(t *testing.T) {
 	if _, err := tb.Client.CoreV1().Services(ns).Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	a := startAgent(t, true)
+	a := newAgent(t, true, m.configure)
 	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
