@@ -126,7 +126,7 @@ Try (as root, in another terminal):
   ip netns exec %[2]s dig +short SRV _http._tcp.web.demo.svc
   ip netns exec %[2]s dig +short www.example.test               # forwarded to the VM's own resolver
   ip netns exec %[2]s cat /etc/resolv.conf                      # as the agent wired it
-  ip netns exec %[2]s iptables-save | grep BRIDGE-             # the agent's rules
+  ip netns exec %[2]s nft list table ip bridge-agent            # the agent's rules (nftables backend)
   ip netns exec %[2]s ip route show proto 98                    # the agent's routes
   ip netns exec %[2]s %[3]s status --config %[4]s
   ip netns exec %[2]s %[3]s status --config %[4]s -o json

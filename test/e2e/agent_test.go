@@ -58,6 +58,10 @@ func newAgent(t *testing.T, start bool, mutate func(*config.Config), env ...stri
 		}
 		if t.Failed() {
 			t.Logf("agent log:\n%s", a.Log())
+			for _, argv := range [][]string{{"nft", "list", "ruleset"}, {"iptables-save"}, {"ip", "route"}} {
+				out, err := tb.Exec(context.Background(), tb.VMNetns, argv...)
+				t.Logf("VM: %v (%v):\n%s", argv, err, out)
+			}
 		}
 		_, _ = a.Run(context.Background(), "cleanup")
 	})

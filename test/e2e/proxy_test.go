@@ -182,7 +182,9 @@ func (m proxyMode) configure(c *config.Config) {
 // forEachMode runs test once per backend, in a namespace of its own.
 func forEachMode(t *testing.T, ns string, test func(t *testing.T, m proxyMode, ns string)) {
 	for _, m := range proxyModes {
-		t.Run(m.name, func(t *testing.T) { test(t, m, ns+"-"+m.name) })
+		t.Run(m.name, func(t *testing.T) {
+			test(t, m, ns+"-"+m.name)
+		})
 	}
 }
 
