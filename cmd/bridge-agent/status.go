@@ -226,12 +226,25 @@ func printProxy(w io.Writer, st *daemon.Status) {
 			fmt.Fprintf(w, "\nProxy: cannot decode: %v\n", err)
 			return
 		}
-		fmt.Fprintf(w, "\nProxy: %s (%s)\n", ps.Mode, ps.Variant)
+		if ps.Variant != "" {
+			fmt.Fprintf(w, "\nProxy: %s (%s)\n", ps.Mode, ps.Variant)
+		} else {
+			fmt.Fprintf(w, "\nProxy: %s\n", ps.Mode)
+		}
 		fams := slices.Sorted(maps.Keys(ps.Families))
 		for _, f := range fams {
 			fs := ps.Families[f]
-			fmt.Fprintf(w, "  %s: %d services, %d ports (%d without endpoints), %d endpoints; %d nat and %d filter rules, written %s\n",
-				f, fs.Services, fs.ServicePorts, fs.NoEndpoints, fs.Endpoints, fs.NATRules, fs.FilterRules, fs.LastWrite.Format(time.RFC3339))
+			fmt.Fprintf(w, "  %s: %d services, %d ports (%d without endpoints), %d endpoints; ",
+				f, fs.Services, fs.ServicePorts, fs.NoEndpoints, fs.Endpoints)
+			if ps.Backend == "nftables" {
+				fmt.Fprintf(w, "%d rules and %d map and set elements", fs.NATRules+fs.FilterRules, fs.Elements)
+				if fs.NFTPeakRSS > 0 {
+					fmt.Fprintf(w, " (nft peak RSS %.1f MiB)", float64(fs.NFTPeakRSS)/(1<<20))
+				}
+			} else {
+				fmt.Fprintf(w, "%d nat and %d filter rules", fs.NATRules, fs.FilterRules)
+			}
+			fmt.Fprintf(w, ", written %s\n", fs.LastWrite.Format(time.RFC3339))
 		}
 	}
 }

@@ -209,6 +209,9 @@ type FamilyStatus struct {
 	// Elements counts the set and map elements (nftables only).
 	Elements  int       `json:"elements,omitempty"`
 	LastWrite time.Time `json:"lastWrite,omitzero"`
+	// NFTPeakRSS is the largest peak resident memory, in bytes, of an nft
+	// process run for this family (nftables only).
+	NFTPeakRSS int64 `json:"nftPeakRSSBytes,omitempty"`
 }
 
 // ProxyStatus is the proxy's status detail.

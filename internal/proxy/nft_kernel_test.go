@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -87,7 +88,7 @@ func TestNFTablesKernel(t *testing.T) {
 	if err := p.Sync(ctx, snap); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"172.30.0.10 . tcp . 80 . 2 : 10.244.3.9 . 8080", "goto affinity-2-10800", `172.30.0.80 . tcp . 80 comment "ns3/empty:http"`} {
+	for _, want := range []string{"172.30.0.10 . tcp . 80 . 2 : 10.244.3.9 . 8080", "goto affinity-2-2-10800", `172.30.0.80 . tcp . 80 comment "ns3/empty:http"`} {
 		if !strings.Contains(list("ip"), want) {
 			t.Errorf("ip table lacks %q:\n%s", want, list("ip"))
 		}
@@ -226,48 +227,107 @@ func testNFTConnect(t *testing.T, ns string) {
 	}
 }
 
-// BenchmarkNFTablesApply measures the real transactions in a namespace:
-// a full load (the table recreated) and the change of one Service's
-// endpoint after it, at several sizes.
+// BenchmarkNFTablesApply measures the real transactions in a namespace, at
+// several sizes (Services × 10 endpoints), with the peak resident memory of
+// the nft process:
+//
+//   - full: the first sync into a namespace without the table;
+//   - restart: the first sync of a new backend while the table is there,
+//     full, as after an agent restart;
+//   - refill: the periodic full rewrite (flush and refill in place);
+//   - one-change: one endpoint of one Service changes, synced incrementally;
+//     reports the median and 99th percentile over at least 200 syncs.
 func BenchmarkNFTablesApply(b *testing.B) {
+	ctx := context.Background()
 	for _, n := range []int{1000, 10000, 50000} {
 		snap := syntheticSnapshot(n, 10)
+		opts := NFTablesOptions{Families: []Family{IPv4}, Masquerade: true, FullSyncPeriod: time.Hour}
 		b.Run(fmt.Sprintf("full/services=%d/endpoints=10", n), func(b *testing.B) {
 			ns := nftNetns(b)
 			x := netnsNFT(ns)
-			for b.Loop() {
-				p := newNFTables(NFTablesOptions{Families: []Family{IPv4}, Masquerade: true}, x, nil)
-				if err := p.Sync(context.Background(), snap); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-		b.Run(fmt.Sprintf("one-change/services=%d/endpoints=10", n), func(b *testing.B) {
-			ns := nftNetns(b)
-			p := newNFTables(NFTablesOptions{Families: []Family{IPv4}, Masquerade: true, FullSyncPeriod: time.Hour}, netnsNFT(ns), nil)
-			if err := p.Sync(context.Background(), snap); err != nil {
-				b.Fatal(err)
-			}
-			cur := snap
 			var lat []time.Duration
 			for b.Loop() {
-				cur = changeOne(cur, int(cur.Version)%n)
+				b.StopTimer()
+				if err := cleanupNFTables(ctx, x); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
 				start := time.Now()
-				if err := p.Sync(context.Background(), cur); err != nil {
+				if err := newNFTables(opts, x, nil).Sync(ctx, snap); err != nil {
 					b.Fatal(err)
 				}
 				lat = append(lat, time.Since(start))
 			}
-			slicesSortDurations(lat)
-			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+			reportLatency(b, lat, x)
+		})
+		b.Run(fmt.Sprintf("restart/services=%d/endpoints=10", n), func(b *testing.B) {
+			ns := nftNetns(b)
+			x := netnsNFT(ns)
+			if err := newNFTables(opts, x, nil).Sync(ctx, snap); err != nil {
+				b.Fatal(err)
+			}
+			var lat []time.Duration
+			for b.Loop() {
+				start := time.Now()
+				if err := newNFTables(opts, x, nil).Sync(ctx, snap); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(start))
+			}
+			reportLatency(b, lat, x)
+		})
+		b.Run(fmt.Sprintf("refill/services=%d/endpoints=10", n), func(b *testing.B) {
+			ns := nftNetns(b)
+			x := netnsNFT(ns)
+			p := newNFTables(opts, x, nil)
+			clock := time.Unix(1000, 0)
+			p.now = func() time.Time { return clock }
+			if err := p.Sync(ctx, snap); err != nil {
+				b.Fatal(err)
+			}
+			var lat []time.Duration
+			for b.Loop() {
+				clock = clock.Add(2 * time.Hour)
+				start := time.Now()
+				if err := p.Sync(ctx, snap); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(start))
+			}
+			reportLatency(b, lat, x)
+		})
+		b.Run(fmt.Sprintf("one-change/services=%d/endpoints=10", n), func(b *testing.B) {
+			ns := nftNetns(b)
+			x := netnsNFT(ns)
+			p := newNFTables(opts, x, nil)
+			if err := p.Sync(ctx, snap); err != nil {
+				b.Fatal(err)
+			}
+			cur := snap
+			var lat []time.Duration
+			for range max(b.N, 200) {
+				cur = changeOne(cur, int(cur.Version)%n)
+				start := time.Now()
+				if err := p.Sync(ctx, cur); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(start))
+			}
+			reportLatency(b, lat, x)
 		})
 	}
 }
 
-func slicesSortDurations(d []time.Duration) {
-	for i := 1; i < len(d); i++ {
-		for j := i; j > 0 && d[j] < d[j-1]; j-- {
-			d[j], d[j-1] = d[j-1], d[j]
-		}
+// reportLatency reports the median and 99th percentile of lat and the peak
+// resident memory of x's last nft process.
+func reportLatency(b *testing.B, lat []time.Duration, x *execNFT) {
+	b.Helper()
+	if len(lat) == 0 {
+		return
 	}
+	slices.Sort(lat)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	b.ReportMetric(ms(lat[len(lat)/2]), "p50-ms")
+	b.ReportMetric(ms(lat[min(len(lat)-1, len(lat)*99/100)]), "p99-ms")
+	b.ReportMetric(float64(x.lastPeakRSS())/(1<<20), "nft-rss-MiB")
 }

@@ -42,9 +42,10 @@ func TestRenderNFTablesStats(t *testing.T) {
 	want := NFTRenderStats{
 		Services: 11, ServicePorts: 14, Endpoints: 19, NoEndpoints: 3, Terminating: 1,
 		// 5 base chains, services, mark-for-masquerade, pick-1..3,
-		// affinity-2-10800 and affinity-t10800-0..1.
-		// 11 service-ips, 19 endpoints, 3 no-endpoints, 16 hairpin.
-		Chains: 13, Rules: 19, NATRules: 17, FilterRules: 2, Elements: 11 + 19 + 3 + 16,
+		// affinity-2-2-10800 and affinity-t10800-0..1.
+		// 11 service-ips, 19 endpoints, 2 affinity-slots, 3 no-endpoints,
+		// 16 hairpin.
+		Chains: 13, Rules: 19, NATRules: 17, FilterRules: 2, Elements: 11 + 19 + 2 + 3 + 16,
 		LocalPolicyIgnored: []cluster.ServiceKey{{Namespace: "ns4", Name: "local"}},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
@@ -335,27 +336,47 @@ func changeOne(snap *cluster.Snapshot, i int) *cluster.Snapshot {
 	return out
 }
 
+// BenchmarkRenderNFTables measures the work of a sync without nft: a full
+// render with its script, and the incremental path for one changed Service
+// (pointer comparison of the snapshots, re-render of that Service, patch and
+// script), with its median and 99th percentile over at least 200 changes.
 func BenchmarkRenderNFTables(b *testing.B) {
 	for _, n := range []int{1000, 10000, 50000} {
 		snap := syntheticSnapshot(n, 10)
+		in := NFTRenderInput{Snapshot: snap, Family: IPv4, Masquerade: true}
 		b.Run(fmt.Sprintf("full/services=%d/endpoints=10", n), func(b *testing.B) {
 			b.ReportAllocs()
 			var script []byte
 			for b.Loop() {
-				rs, _, _ := RenderNFTables(NFTRenderInput{Snapshot: snap, Family: IPv4, Masquerade: true})
+				rs, _, _ := RenderNFTables(in)
 				script, _ = nftFullScript(rs, nil, true)
 			}
 			b.ReportMetric(float64(len(script)), "script-bytes")
 		})
 		b.Run(fmt.Sprintf("one-change/services=%d/endpoints=10", n), func(b *testing.B) {
-			prev, _, _ := RenderNFTables(NFTRenderInput{Snapshot: snap, Family: IPv4, Masquerade: true})
-			next := changeOne(snap, 1)
-			b.ReportAllocs()
-			var script []byte
-			for b.Loop() {
-				rs, _, _ := RenderNFTables(NFTRenderInput{Snapshot: next, Family: IPv4, Masquerade: true})
-				script, _ = nftDiffScript(prev, rs)
+			m, err := newNFTModel(in, nil)
+			if err != nil {
+				b.Fatal(err)
 			}
+			chains := m.chains()
+			cur := snap
+			var lat []time.Duration
+			var script []byte
+			b.ReportAllocs()
+			for range max(b.N, 200) {
+				next := changeOne(cur, int(cur.Version)%n)
+				start := time.Now()
+				keys := changedServices(cur, next)
+				patch := m.patch(next, keys)
+				nextChains := m.chains()
+				script, _ = nftChangeScript(IPv4, chains, nextChains, nil, m.sets, patch.del[:], patch.add[:])
+				lat = append(lat, time.Since(start))
+				cur, chains = next, nextChains
+			}
+			slices.Sort(lat)
+			us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
+			b.ReportMetric(us(lat[len(lat)/2]), "p50-us")
+			b.ReportMetric(us(lat[len(lat)*99/100]), "p99-us")
 			b.ReportMetric(float64(len(script)), "script-bytes")
 		})
 	}

@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"fmt"
-	"math"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -121,192 +119,20 @@ func nftFamily(f Family) (family, addrType string) {
 // Services and endpoints are only elements of a few maps, so the number of
 // chains does not grow with the number of Services: numgen's modulus must be
 // a constant of its rule, so there is one small chain per distinct endpoint
-// count (pick-N) and, for sessionAffinity: ClientIP, per distinct count and
-// timeout (affinity-N-T) and per timeout and endpoint position
-// (affinity-T-I). All of them are shared by every Service with that count.
+// count (pick-N) and, for sessionAffinity: ClientIP, per distinct number of
+// positions, endpoint count and timeout (affinity-C-N-T) and per timeout and
+// position (affinity-tT-I). All of them are shared by every Service with
+// those numbers.
+//
+// A fresh render numbers the endpoints of a Service port with session
+// affinity in order; the backend keeps their positions across syncs (see
+// nftModel).
 func RenderNFTables(in NFTRenderInput) (*NFTRuleset, NFTRenderStats, error) {
-	var stats NFTRenderStats
-	if !in.Family.valid() {
-		return nil, stats, fmt.Errorf("render nftables: unknown IP family %d", in.Family)
+	m, err := newNFTModel(in, nil)
+	if err != nil {
+		return nil, NFTRenderStats{}, err
 	}
-	if in.MasqueradeMark == 0 {
-		in.MasqueradeMark = DefaultMasqueradeMark
-	}
-	fam, addrType := nftFamily(in.Family)
-	key := fam + " daddr . meta l4proto . th dport"
-	mark := fmt.Sprintf("%#x", in.MasqueradeMark)
-
-	var serviceIPs, endpoints, noEndpoints []NFTElement
-	hairpin := map[netip.Addr]bool{}
-	picks := map[int]bool{}        // endpoint counts without affinity
-	affinity := map[[2]int]bool{}  // {count, timeout seconds}
-	affinityWidth := map[int]int{} // timeout → largest count
-	var services []*cluster.Service
-	if in.Snapshot != nil {
-		services = in.Snapshot.SortedServices()
-		endpoints = make([]NFTElement, 0, in.Snapshot.EndpointCount())
-	}
-	for _, svc := range services {
-		if !svc.Proxied || svc.Headless || svc.Type == cluster.TypeExternalName {
-			continue
-		}
-		var ips []netip.Addr
-		for _, ip := range svc.ClusterIPs {
-			if in.Family.Contains(ip) {
-				ips = append(ips, ip)
-			}
-		}
-		if len(ips) == 0 {
-			continue
-		}
-		rendered := false
-		timeout := 0
-		if t := svc.SessionAffinityTimeout; t > 0 {
-			timeout = int(math.Ceil(t.Seconds()))
-		}
-		for _, port := range svc.Ports {
-			proto := protocolName(port.Protocol)
-			if proto == "" {
-				continue
-			}
-			rendered = true
-			stats.ServicePorts++
-			name := servicePortName(svc.ServiceKey, port.Name)
-			sel := SelectEndpoints(svc, port, in.Family, in.Zone)
-			n := len(sel.Endpoints)
-			if n == 0 {
-				stats.NoEndpoints++
-				for _, ip := range ips {
-					noEndpoints = append(noEndpoints, NFTElement{Key: svcKey(ip, proto, port.Port), Comment: name})
-				}
-				continue
-			}
-			if sel.Terminating {
-				stats.Terminating++
-			}
-			if sel.Zonal {
-				stats.Zonal++
-			}
-			stats.Endpoints += n
-			verdict := "goto " + nftPickPrefix + strconv.Itoa(n)
-			if timeout > 0 {
-				verdict = "goto " + affinityChain(n, timeout)
-				affinity[[2]int{n, timeout}] = true
-				affinityWidth[timeout] = max(affinityWidth[timeout], n)
-			} else {
-				picks[n] = true
-			}
-			for _, ip := range ips {
-				k := svcKey(ip, proto, port.Port)
-				serviceIPs = append(serviceIPs, NFTElement{Key: k, Value: verdict, Comment: name})
-				for i, ep := range sel.Endpoints {
-					endpoints = append(endpoints, NFTElement{
-						Key:   k + " . " + strconv.Itoa(i),
-						Value: ep.Addr.String() + " . " + strconv.Itoa(int(ep.Port)),
-					})
-				}
-			}
-			for _, ep := range sel.Endpoints {
-				hairpin[ep.Addr] = true
-			}
-		}
-		if rendered {
-			stats.Services++
-			if svc.InternalTrafficLocal {
-				stats.LocalPolicyIgnored = append(stats.LocalPolicyIgnored, svc.ServiceKey)
-			}
-		}
-	}
-
-	rs := &NFTRuleset{Family: in.Family}
-	base := func(typ, hook string, prio int) string {
-		return fmt.Sprintf("type %s hook %s priority %d; policy accept;", typ, hook, prio)
-	}
-	rejectRule := "ct state new " + key + " @" + nftNoEndpoints + " reject"
-	rs.Chains = []NFTChain{
-		{Name: nftNATOutput, Base: base("nat", "output", nftPriorityDNAT), Rules: []string{"jump " + nftServices}},
-		{Name: nftNATPrerouting, Base: base("nat", "prerouting", nftPriorityDNAT), Rules: []string{"jump " + nftServices}},
-		{Name: nftNATPostrouting, Base: base("nat", "postrouting", nftPrioritySNAT), Rules: []string{
-			// Clear the mark, so that a packet traversing the stack again
-			// (after IPsec or tunnel encapsulation) is not masqueraded twice.
-			"meta mark & " + mark + " == " + mark + " meta mark set meta mark ^ " + mark + " masquerade fully-random",
-			// Hairpin: an endpoint that reached itself through its Service
-			// would get replies from itself; masquerade so that they come
-			// back through this host's conntrack.
-			"ct status dnat " + fam + " saddr . " + fam + " daddr @" + nftHairpin + " masquerade fully-random",
-		}},
-		{Name: nftFilterOutput, Base: base("filter", "output", nftPriorityFilter), Rules: []string{rejectRule}},
-		{Name: nftFilterForward, Base: base("filter", "forward", nftPriorityFilter), Rules: []string{rejectRule}},
-	}
-	var regular []NFTChain
-	svcRules := []string{key + " vmap @" + nftServiceIPs}
-	if in.Masquerade {
-		svcRules = []string{key + " @" + nftServiceIPs + " jump " + nftMarkMasq, svcRules[0]}
-	}
-	regular = append(regular,
-		NFTChain{Name: nftServices, Rules: svcRules},
-		NFTChain{Name: nftMarkMasq, Rules: []string{"meta mark set meta mark | " + mark}},
-	)
-	for n := range picks {
-		regular = append(regular, NFTChain{Name: nftPickPrefix + strconv.Itoa(n), Rules: []string{
-			"dnat " + fam + " to " + key + " . numgen random mod " + strconv.Itoa(n) + " map @" + nftEndpoints,
-		}})
-	}
-	for nt := range affinity {
-		n, t := nt[0], nt[1]
-		var rules []string
-		var vmap []string
-		for i := range n {
-			target := affinityPosChain(t, i)
-			// A client recorded for position i goes there again.
-			rules = append(rules, fmt.Sprintf("%s saddr . %s . %s @%s goto %s", fam, key, fixedIndex(i), nftAffinity, target))
-			vmap = append(vmap, fmt.Sprintf("%d : goto %s", i, target))
-		}
-		rules = append(rules, fmt.Sprintf("numgen random mod %d vmap { %s }", n, strings.Join(vmap, ", ")))
-		regular = append(regular, NFTChain{Name: affinityChain(n, t), Rules: rules})
-	}
-	for t, width := range affinityWidth {
-		for i := range width {
-			regular = append(regular, NFTChain{Name: affinityPosChain(t, i), Rules: []string{
-				fmt.Sprintf("update @%s { %s saddr . %s . %s timeout %ds }", nftAffinity, fam, key, fixedIndex(i), t),
-				fmt.Sprintf("dnat %s to %s . %s map @%s", fam, key, fixedIndex(i), nftEndpoints),
-			}})
-		}
-	}
-	slices.SortFunc(regular, func(a, b NFTChain) int { return compareChainNames(a.Name, b.Name) })
-	rs.Chains = append(rs.Chains, regular...)
-
-	hairpins := make([]NFTElement, 0, len(hairpin))
-	for a := range hairpin {
-		hairpins = append(hairpins, NFTElement{Key: a.String() + " . " + a.String()})
-	}
-	slices.SortFunc(hairpins, func(a, b NFTElement) int { return strings.Compare(a.Key, b.Key) })
-	// The typeof declarations say "udp dport" where the rules read "th
-	// dport" (the same two bytes of every transport header the agent
-	// proxies): nft 1.0.6 cannot read back a typeof that mixes "ip daddr"
-	// and "th dport" ("conflicting protocols specified"), so every later
-	// transaction adding a rule that uses the map would fail.
-	typeofKey := fam + " daddr . meta l4proto . udp dport"
-	rs.Sets = []NFTSet{
-		{Name: nftServiceIPs, Map: true, Decl: "type " + addrType + " . inet_proto . inet_service : verdict;", Elements: serviceIPs},
-		{Name: nftEndpoints, Map: true, Decl: "typeof " + typeofKey + " . numgen random mod 65536 : " + fam + " daddr . udp dport;", Elements: endpoints},
-		{Name: nftNoEndpoints, Decl: "type " + addrType + " . inet_proto . inet_service;", Elements: noEndpoints},
-		{Name: nftHairpin, Decl: "type " + addrType + " . " + addrType + ";", Elements: hairpins},
-		{Name: nftAffinity, Dynamic: true, Decl: fmt.Sprintf("typeof %s saddr . %s . numgen random mod 65536; flags dynamic,timeout; size %d;", fam, typeofKey, nftAffinitySize)},
-	}
-	for _, c := range rs.Chains {
-		stats.Chains++
-		stats.Rules += len(c.Rules)
-		if strings.HasPrefix(c.Base, "type filter") {
-			stats.FilterRules += len(c.Rules)
-		} else {
-			stats.NATRules += len(c.Rules)
-		}
-	}
-	for _, s := range rs.Sets {
-		stats.Elements += len(s.Elements)
-	}
-	return rs, stats, nil
+	return m.ruleset(), m.renderStats(true), nil
 }
 
 // svcKey is the key of a Service port in service-ips and no-endpoints.
@@ -324,8 +150,8 @@ func fixedIndex(i int) string {
 	return "numgen random mod 1 offset " + strconv.Itoa(i)
 }
 
-func affinityChain(n, timeout int) string {
-	return nftAffinityPrefix + strconv.Itoa(n) + "-" + strconv.Itoa(timeout)
+func affinityChain(positions, n, timeout int) string {
+	return nftAffinityPrefix + strconv.Itoa(positions) + "-" + strconv.Itoa(n) + "-" + strconv.Itoa(timeout)
 }
 
 func affinityPosChain(timeout, i int) string {
@@ -517,19 +343,43 @@ func nftFullScript(rs, prev *NFTRuleset, recreate bool) (script []byte, commands
 // nftDiffScript returns a transaction that turns a table holding prev into
 // one holding next, sending only what changed: elements added, removed or
 // changed, and chains added, rewritten or removed. It returns nil when
-// nothing changed. Sets are the same in every ruleset of a family.
+// nothing changed.
 func nftDiffScript(prev, next *NFTRuleset) (script []byte, commands int) {
-	s := newNFTScript(next.Family)
-	prevChains := map[string]*NFTChain{}
-	for i := range prev.Chains {
-		prevChains[prev.Chains[i].Name] = &prev.Chains[i]
+	prevSets := map[string]*NFTSet{}
+	for i := range prev.Sets {
+		prevSets[prev.Sets[i].Name] = &prev.Sets[i]
 	}
-	nextChains := map[string]bool{}
+	var added []NFTSet
+	del := make([][]NFTElement, len(next.Sets))
+	add := make([][]NFTElement, len(next.Sets))
+	for i := range next.Sets {
+		set := &next.Sets[i]
+		old := prevSets[set.Name]
+		if old == nil {
+			added = append(added, *set)
+			old = &NFTSet{}
+		}
+		elementDelta(old.Elements, set.Elements, &del[i], &add[i])
+		slices.SortFunc(del[i], func(a, b NFTElement) int { return strings.Compare(a.Key, b.Key) })
+	}
+	return nftChangeScript(next.Family, prev.Chains, next.Chains, added, next.Sets, del, add)
+}
+
+// nftChangeScript writes the transaction that turns chains prevChains into
+// nextChains and removes del[i] from and adds add[i] to sets[i]; newSets are
+// declared first. It returns nil when there is nothing to do.
+func nftChangeScript(fam Family, prevChains, nextChains []NFTChain, newSets, sets []NFTSet, del, add [][]NFTElement) (script []byte, commands int) {
+	s := newNFTScript(fam)
+	prevByName := make(map[string]*NFTChain, len(prevChains))
+	for i := range prevChains {
+		prevByName[prevChains[i].Name] = &prevChains[i]
+	}
+	nextNames := make(map[string]bool, len(nextChains))
 	var added, changed []*NFTChain
-	for i := range next.Chains {
-		c := &next.Chains[i]
-		nextChains[c.Name] = true
-		switch p := prevChains[c.Name]; {
+	for i := range nextChains {
+		c := &nextChains[i]
+		nextNames[c.Name] = true
+		switch p := prevByName[c.Name]; {
 		case p == nil:
 			added = append(added, c)
 		case p.Base != c.Base:
@@ -540,8 +390,8 @@ func nftDiffScript(prev, next *NFTRuleset) (script []byte, commands int) {
 		}
 	}
 	var removed []string
-	for _, c := range prev.Chains {
-		if !nextChains[c.Name] {
+	for _, c := range prevChains {
+		if !nextNames[c.Name] {
 			removed = append(removed, c.Name)
 		}
 	}
@@ -550,52 +400,14 @@ func nftDiffScript(prev, next *NFTRuleset) (script []byte, commands int) {
 	for _, c := range added {
 		s.addChain(c)
 	}
-	type setDiff struct {
-		set      *NFTSet
-		del, add []NFTElement
-	}
-	var diffs []setDiff
-	prevSets := map[string]*NFTSet{}
-	for i := range prev.Sets {
-		prevSets[prev.Sets[i].Name] = &prev.Sets[i]
-	}
-	for i := range next.Sets {
-		set := &next.Sets[i]
-		old := prevSets[set.Name]
-		if old == nil {
-			s.cmd("add", setKind(set), set.Name, "{ "+set.Decl+" }")
-			old = &NFTSet{}
-		}
-		d := setDiff{set: set}
-		have := make(map[string]*NFTElement, len(old.Elements))
-		for j := range old.Elements {
-			have[old.Elements[j].Key] = &old.Elements[j]
-		}
-		for j := range set.Elements {
-			e := &set.Elements[j]
-			o := have[e.Key]
-			if o != nil {
-				delete(have, e.Key)
-				if *o == *e {
-					continue
-				}
-				// nft cannot change an element's value in place.
-				d.del = append(d.del, *o)
-			}
-			d.add = append(d.add, *e)
-		}
-		for j := range old.Elements {
-			if o := &old.Elements[j]; have[o.Key] != nil {
-				d.del = append(d.del, *o)
-			}
-		}
-		slices.SortFunc(d.del, func(a, b NFTElement) int { return strings.Compare(a.Key, b.Key) })
-		diffs = append(diffs, d)
+	for i := range newSets {
+		set := &newSets[i]
+		s.cmd("add", setKind(set), set.Name, "{ "+set.Decl+" }")
 	}
 	// Removed and changed elements go first: they may point to chains that
 	// are deleted below.
-	for _, d := range diffs {
-		s.elements(d.set, d.del, true)
+	for i := range sets {
+		s.elements(&sets[i], del[i], true)
 	}
 	for _, c := range changed {
 		s.cmd("flush", "chain", c.Name, "")
@@ -609,8 +421,8 @@ func nftDiffScript(prev, next *NFTRuleset) (script []byte, commands int) {
 	for _, c := range changed {
 		s.rules(c)
 	}
-	for _, d := range diffs {
-		s.elements(d.set, d.add, false)
+	for i := range sets {
+		s.elements(&sets[i], add[i], false)
 	}
 	for _, c := range removed {
 		s.cmd("delete", "chain", c, "")

@@ -31,8 +31,10 @@ type NFTablesOptions struct {
 
 // NFTables is the nftables backend: a consumer of cluster snapshots that
 // keeps the agent's private table of each family in the kernel. After a full
-// write it sends only the changes since the last sync, computed from the
-// desired state it keeps in memory, in one transaction per family.
+// write it sends only the changes since the last sync, in one transaction per
+// family: it re-renders only the Services whose pointer changed since the
+// applied snapshot and patches the desired state it keeps in memory
+// (nftModel), so that a sync costs in proportion to the change.
 type NFTables struct {
 	opts      NFTablesOptions
 	nft       nftRunner
@@ -43,20 +45,39 @@ type NFTables struct {
 
 	applied map[Family]*nftApplied
 
-	mu      sync.Mutex // guards stats and written, read by Status concurrently with Sync
+	nftMetrics *nftMetrics
+
+	mu      sync.Mutex // guards stats, written and peakRSS, read by Status concurrently with Sync
 	stats   map[Family]NFTRenderStats
 	written map[Family]time.Time
+	peakRSS map[Family]int64
 	warned  map[cluster.ServiceKey]bool
+}
+
+// nftMetrics are the nftables backend's own metrics.
+type nftMetrics struct {
+	peakRSS *prometheus.GaugeVec
+}
+
+func newNFTMetrics() *nftMetrics {
+	return &nftMetrics{
+		peakRSS: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "bridge_agent_proxy_nft_peak_rss_bytes",
+			Help: "Peak resident memory of the nft process of the last transaction, by family and kind (recreate, full, incremental).",
+		}, []string{"family", "kind"}),
+	}
 }
 
 // nftApplied is what the kernel holds for a family after the last
 // successful transaction.
 type nftApplied struct {
 	snap *cluster.Snapshot
-	rs   *NFTRuleset
+	// model is the table's desired content for snap, patched by later
+	// syncs; chains are its chains as written.
+	model  *nftModel
+	chains []NFTChain
 	// full is when the table was last written whole.
 	full time.Time
-	udp  map[netip.AddrPort][]netip.AddrPort
 }
 
 // NewNFTables returns the nftables backend, or an error when this host's nft
@@ -84,10 +105,12 @@ func newNFTables(o NFTablesOptions, x nftRunner, ct conntrackCleaner) *NFTables 
 	}
 	return &NFTables{
 		opts: o, nft: x, conntrack: ct, log: o.Logger, now: time.Now, metrics: newProxyMetrics(),
-		applied: map[Family]*nftApplied{},
-		stats:   map[Family]NFTRenderStats{},
-		written: map[Family]time.Time{},
-		warned:  map[cluster.ServiceKey]bool{},
+		nftMetrics: newNFTMetrics(),
+		applied:    map[Family]*nftApplied{},
+		peakRSS:    map[Family]int64{},
+		stats:      map[Family]NFTRenderStats{},
+		written:    map[Family]time.Time{},
+		warned:     map[cluster.ServiceKey]bool{},
 	}
 }
 
@@ -96,7 +119,9 @@ func (p *NFTables) Name() string { return "proxy" }
 
 // Collectors implements daemon.MetricsProvider, with the iptables backend's
 // metric names.
-func (p *NFTables) Collectors() []prometheus.Collector { return p.metrics.collectors() }
+func (p *NFTables) Collectors() []prometheus.Collector {
+	return append(p.metrics.collectors(), p.nftMetrics.peakRSS)
+}
 
 // Sync implements daemon.Consumer. The first sync of a family (and the first
 // after a failure) recreates the table in one transaction; later ones send
@@ -124,60 +149,111 @@ func (p *NFTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 	if !due && last.snap == snap {
 		return nil
 	}
-	rs, stats, err := RenderNFTables(NFTRenderInput{
+	in := NFTRenderInput{
 		Snapshot: snap, Family: fam, Masquerade: p.opts.Masquerade,
 		MasqueradeMark: p.opts.MasqueradeMark, Zone: p.opts.Zone,
-	})
-	if err != nil {
-		return err
 	}
-	for _, key := range stats.LocalPolicyIgnored {
+
+	var (
+		script           []byte
+		commands         int
+		kind             string
+		st               = &nftApplied{snap: snap, full: now}
+		stats            NFTRenderStats
+		local            []cluster.ServiceKey
+		udpPrev, udpNext map[netip.AddrPort][]netip.AddrPort
+	)
+	if due {
+		// The whole table: render every Service, keeping the endpoint
+		// positions of the previous model.
+		var prevGroups map[cluster.ServiceKey]*nftGroup
+		if last != nil {
+			prevGroups = last.model.groups
+		}
+		m, err := newNFTModel(in, prevGroups)
+		if err != nil {
+			return err
+		}
+		rs := m.ruleset()
+		st.model, st.chains = m, rs.Chains
+		stats = m.renderStats(true)
+		local = stats.LocalPolicyIgnored
+		if last == nil {
+			kind = "recreate"
+			script, commands = nftFullScript(rs, nil, true)
+		} else {
+			kind = "full"
+			script, commands = nftFullScript(rs, &NFTRuleset{Chains: last.chains}, false)
+			udpPrev, udpNext = udpServicePorts(last.snap, fam, p.opts.Zone), udpServicePorts(snap, fam, p.opts.Zone)
+		}
+	} else {
+		// Only the Services whose pointer changed since the applied
+		// snapshot, whichever snapshots came in between.
+		kind = "incremental"
+		keys := changedServices(last.snap, snap)
+		udpPrev = udpServicePorts(subSnapshot(last.snap, keys), fam, p.opts.Zone)
+		udpNext = udpServicePorts(subSnapshot(snap, keys), fam, p.opts.Zone)
+		m := last.model
+		patch := m.patch(snap, keys)
+		st.model, st.chains, st.full = m, m.chains(), last.full
+		script, commands = nftChangeScript(fam, last.chains, st.chains, nil, m.sets, patch.del[:], patch.add[:])
+		stats = m.renderStats(false)
+		local = patch.local
+	}
+	for _, key := range local {
 		if !p.warned[key] {
 			p.warned[key] = true
 			p.log.Warn("internalTrafficPolicy: Local has no local endpoints on this host; proxying as Cluster", "service", key.String())
 		}
 	}
-
-	var script []byte
-	var commands int
-	kind := "incremental"
-	switch {
-	case last == nil:
-		kind = "recreate"
-		script, commands = nftFullScript(rs, nil, true)
-	case due:
-		kind = "full"
-		script, commands = nftFullScript(rs, last.rs, false)
-	default:
-		script, commands = nftDiffScript(last.rs, rs)
-	}
-	st := &nftApplied{snap: snap, rs: rs, full: now, udp: udpServicePorts(snap, fam, p.opts.Zone)}
-	if kind == "incremental" {
-		st.full = last.full
-	}
+	var rss int64
 	if script != nil {
 		if err := p.nft.Run(ctx, script); err != nil {
 			p.metrics.writes.WithLabelValues(fam.String(), "error").Inc()
+			// The model may be patched already: the next sync starts over.
 			return fmt.Errorf("%s nftables transaction: %w", kind, err)
 		}
 		p.metrics.writes.WithLabelValues(fam.String(), "success").Inc()
+		if r, ok := p.nft.(interface{ lastPeakRSS() int64 }); ok {
+			rss = r.lastPeakRSS()
+			p.nftMetrics.peakRSS.WithLabelValues(fam.String(), kind).Set(float64(rss))
+		}
 	}
 	p.metrics.rules.WithLabelValues(fam.String(), "nat").Set(float64(stats.NATRules))
 	p.metrics.rules.WithLabelValues(fam.String(), "filter").Set(float64(stats.FilterRules))
 	p.metrics.noEndpoints.WithLabelValues(fam.String()).Set(float64(stats.NoEndpoints))
 	if last != nil {
-		clearStaleUDP(p.conntrack, p.log, last.udp, st.udp)
+		clearStaleUDP(p.conntrack, p.log, udpPrev, udpNext)
 	}
 	p.applied[fam] = st
 	p.mu.Lock()
 	p.stats[fam] = stats
 	if script != nil {
 		p.written[fam] = now
+		if rss > 0 {
+			p.peakRSS[fam] = max(p.peakRSS[fam], rss)
+		}
 	}
 	p.mu.Unlock()
 	p.log.Debug("nftables transaction", "family", fam.String(), "kind", kind, "commands", commands,
-		"bytes", len(script), "services", stats.Services, "endpoints", stats.Endpoints, "noEndpoints", stats.NoEndpoints)
+		"bytes", len(script), "services", stats.Services, "endpoints", stats.Endpoints, "noEndpoints", stats.NoEndpoints,
+		"nftPeakRSS", rss)
 	return nil
+}
+
+// subSnapshot returns the Services of snap under keys, for the conntrack
+// cleanup of an incremental sync.
+func subSnapshot(snap *cluster.Snapshot, keys []cluster.ServiceKey) *cluster.Snapshot {
+	out := &cluster.Snapshot{Services: make(map[cluster.ServiceKey]*cluster.Service, len(keys))}
+	if snap == nil {
+		return out
+	}
+	for _, k := range keys {
+		if svc := snap.Services[k]; svc != nil {
+			out.Services[k] = svc
+		}
+	}
+	return out
 }
 
 // Status implements daemon.StatusReporter.
@@ -189,6 +265,7 @@ func (p *NFTables) Status() any {
 		st.Families[fam.String()] = FamilyStatus{
 			Services: s.Services, ServicePorts: s.ServicePorts, Endpoints: s.Endpoints, NoEndpoints: s.NoEndpoints,
 			NATRules: s.NATRules, FilterRules: s.FilterRules, Elements: s.Elements, LastWrite: p.written[fam],
+			NFTPeakRSS: p.peakRSS[fam],
 		}
 	}
 	return st

@@ -5,8 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"strconv"
 	"strings"
+	"sync/atomic"
+	"time"
 )
 
 // nftRunner runs nft scripts. Only this is used by the nftables backend; unit
@@ -20,7 +24,11 @@ type nftRunner interface {
 // line up to, not including, "-f -" (normally just the path of nft).
 type execNFT struct {
 	argv []string
+	// peakRSS is the peak resident memory, in bytes, of the last nft run.
+	peakRSS atomic.Int64
 }
+
+func (x *execNFT) lastPeakRSS() int64 { return x.peakRSS.Load() }
 
 var _ nftRunner = (*execNFT)(nil)
 
@@ -51,9 +59,15 @@ func (x *execNFT) run(ctx context.Context, stdin []byte, args ...string) ([]byte
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Start()
+	if err == nil {
+		peak := watchPeakRSS(cmd.Process.Pid)
+		err = cmd.Wait()
+		x.peakRSS.Store(peak())
+	}
+	out := stdout.Bytes()
 	if err != nil {
 		msg := strings.TrimSpace(stderr.String())
 		// nft repeats the whole offending line; the first lines are enough.
@@ -63,6 +77,57 @@ func (x *execNFT) run(ctx context.Context, stdin []byte, args ...string) ([]byte
 		return out, &NFTError{Err: err, Stderr: msg}
 	}
 	return out, nil
+}
+
+// watchPeakRSS samples the peak resident memory (VmHWM) of process pid
+// until the returned function is called, which returns the largest value
+// seen, in bytes. The rusage of wait4 cannot be used: its peak includes the
+// memory of this process, which the child shares until it executes nft. The
+// sample is taken every few milliseconds, so the last moments of a run may be
+// missed; nft reaches its peak while it holds the parsed script and cache,
+// well before it exits.
+func watchPeakRSS(pid int) func() int64 {
+	path := "/proc/" + strconv.Itoa(pid) + "/status"
+	stop := make(chan struct{})
+	result := make(chan int64, 1)
+	go func() {
+		var peak int64
+		t := time.NewTicker(2 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if v := readVmHWM(path); v > peak {
+				peak = v
+			}
+			select {
+			case <-stop:
+				result <- peak
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() int64 {
+		close(stop)
+		return <-result
+	}
+}
+
+// readVmHWM returns the VmHWM line of a /proc status file in bytes, or 0.
+func readVmHWM(path string) int64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	_, rest, ok := bytes.Cut(b, []byte("VmHWM:"))
+	if !ok {
+		return 0
+	}
+	line, _, _ := bytes.Cut(rest, []byte("\n"))
+	kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(string(line)), "kB")), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return kb * 1024
 }
 
 // NFTError is a failed nft run.

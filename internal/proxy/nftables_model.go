@@ -1,0 +1,632 @@
+package proxy
+
+import (
+	"cmp"
+	"fmt"
+	"math"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/bridge-agent/bridge-agent/internal/cluster"
+)
+
+// nftModel is the desired content of one family's table as groups of
+// elements, one group per Service, plus reference counts of what groups
+// share (hairpin elements and the pick and affinity chains). The backend
+// keeps it between syncs and patches it: a sync renders only the Services
+// whose *cluster.Service changed (Services in a snapshot are immutable, and
+// an unchanged Service keeps its pointer), and sends only the difference of
+// their groups. Rendering a whole snapshot into a new model gives the same
+// content as patching one, which the tests check after every step.
+//
+// The model also keeps the position of each endpoint of a Service port with
+// session affinity: affinity records name a position, so an endpoint keeps
+// its position for as long as it stays, a new endpoint takes the first free
+// one, and positions are renumbered only when more than half are free.
+type nftModel struct {
+	fam     Family
+	opts    NFTRenderInput // Snapshot unused
+	famWord string
+	key     string
+
+	groups    map[cluster.ServiceKey]*nftGroup
+	hairpin   map[netip.Addr]int
+	picks     map[int]int    // endpoint count → uses
+	affinity  map[[3]int]int // {positions, count, timeout} → uses
+	posChains map[[2]int]int // {timeout, position} → uses
+	counts    NFTRenderStats // the per-Service counts, summed
+	elements  int            // elements of all groups (hairpin excepted)
+	static    []NFTChain     // base chains, then services and mark-for-masquerade
+	sets      []NFTSet       // declarations, without elements
+}
+
+// nftGroup is what one Service contributes to the table.
+type nftGroup struct {
+	// Elements, by set, in the Service's port order.
+	serviceIPs, endpoints, slots, noEndpoints []NFTElement
+	hairpin                                   []netip.Addr // sorted, unique
+	picks                                     []int
+	affinity                                  [][3]int
+	counts                                    NFTRenderStats
+	local                                     bool
+	// positions holds, per port with session affinity ("name/proto"), the
+	// endpoint at each position; an invalid AddrPort is a free position.
+	positions map[string][]netip.AddrPort
+}
+
+// Indexes of the sets in nftModel.sets and of the per-set lists of a patch.
+const (
+	nftSetServiceIPs = iota
+	nftSetEndpoints
+	nftSetSlots
+	nftSetNoEndpoints
+	nftSetHairpin
+	nftSetAffinity
+	nftSetCount
+)
+
+// nftAffinitySlots maps a Service port's key and a random number below its
+// endpoint count to the chain of one occupied position.
+const nftAffinitySlots = "affinity-slots"
+
+// newNFTModel renders the snapshot of in. Positions of endpoints of Service
+// ports with session affinity are taken from prev (nil: numbered in order).
+func newNFTModel(in NFTRenderInput, prev map[cluster.ServiceKey]*nftGroup) (*nftModel, error) {
+	if !in.Family.valid() {
+		return nil, fmt.Errorf("render nftables: unknown IP family %d", in.Family)
+	}
+	if in.MasqueradeMark == 0 {
+		in.MasqueradeMark = DefaultMasqueradeMark
+	}
+	snap := in.Snapshot
+	in.Snapshot = nil
+	fam, addrType := nftFamily(in.Family)
+	m := &nftModel{
+		fam: in.Family, opts: in, famWord: fam,
+		key:       fam + " daddr . meta l4proto . th dport",
+		groups:    map[cluster.ServiceKey]*nftGroup{},
+		hairpin:   map[netip.Addr]int{},
+		picks:     map[int]int{},
+		affinity:  map[[3]int]int{},
+		posChains: map[[2]int]int{},
+	}
+	m.static, m.sets = m.fixed(addrType)
+	if snap != nil {
+		m.groups = make(map[cluster.ServiceKey]*nftGroup, len(snap.Services))
+		for k, svc := range snap.Services {
+			if g := m.render(svc, prev[k]); g != nil {
+				m.add(k, g)
+			}
+		}
+	}
+	return m, nil
+}
+
+// fixed returns the chains and sets that every ruleset of the family has.
+func (m *nftModel) fixed(addrType string) ([]NFTChain, []NFTSet) {
+	fam, key := m.famWord, m.key
+	mark := fmt.Sprintf("%#x", m.opts.MasqueradeMark)
+	base := func(typ, hook string, prio int) string {
+		return fmt.Sprintf("type %s hook %s priority %d; policy accept;", typ, hook, prio)
+	}
+	rejectRule := "ct state new " + key + " @" + nftNoEndpoints + " reject"
+	svcRules := []string{key + " vmap @" + nftServiceIPs}
+	if m.opts.Masquerade {
+		svcRules = []string{key + " @" + nftServiceIPs + " jump " + nftMarkMasq, svcRules[0]}
+	}
+	chains := []NFTChain{
+		{Name: nftNATOutput, Base: base("nat", "output", nftPriorityDNAT), Rules: []string{"jump " + nftServices}},
+		{Name: nftNATPrerouting, Base: base("nat", "prerouting", nftPriorityDNAT), Rules: []string{"jump " + nftServices}},
+		{Name: nftNATPostrouting, Base: base("nat", "postrouting", nftPrioritySNAT), Rules: []string{
+			// Clear the mark, so that a packet traversing the stack again
+			// (after IPsec or tunnel encapsulation) is not masqueraded twice.
+			"meta mark & " + mark + " == " + mark + " meta mark set meta mark ^ " + mark + " masquerade fully-random",
+			// Hairpin: an endpoint that reached itself through its Service
+			// would get replies from itself; masquerade so that they come
+			// back through this host's conntrack.
+			"ct status dnat " + fam + " saddr . " + fam + " daddr @" + nftHairpin + " masquerade fully-random",
+		}},
+		{Name: nftFilterOutput, Base: base("filter", "output", nftPriorityFilter), Rules: []string{rejectRule}},
+		{Name: nftFilterForward, Base: base("filter", "forward", nftPriorityFilter), Rules: []string{rejectRule}},
+		{Name: nftServices, Rules: svcRules},
+		{Name: nftMarkMasq, Rules: []string{"meta mark set meta mark | " + mark}},
+	}
+	// The typeof declarations say "udp dport" where the rules read "th
+	// dport" (the same two bytes of every transport header the agent
+	// proxies): nft 1.0.6 cannot read back a typeof that mixes "ip daddr"
+	// and "th dport" ("conflicting protocols specified"), so every later
+	// transaction adding a rule that uses the map would fail.
+	typeofKey := fam + " daddr . meta l4proto . udp dport"
+	sets := make([]NFTSet, nftSetCount)
+	sets[nftSetServiceIPs] = NFTSet{Name: nftServiceIPs, Map: true, Decl: "type " + addrType + " . inet_proto . inet_service : verdict;"}
+	sets[nftSetEndpoints] = NFTSet{Name: nftEndpoints, Map: true, Decl: "typeof " + typeofKey + " . numgen random mod 65536 : " + fam + " daddr . udp dport;"}
+	sets[nftSetSlots] = NFTSet{Name: nftAffinitySlots, Map: true, Decl: "typeof " + typeofKey + " . numgen random mod 65536 : verdict;"}
+	sets[nftSetNoEndpoints] = NFTSet{Name: nftNoEndpoints, Decl: "type " + addrType + " . inet_proto . inet_service;"}
+	sets[nftSetHairpin] = NFTSet{Name: nftHairpin, Decl: "type " + addrType + " . " + addrType + ";"}
+	sets[nftSetAffinity] = NFTSet{Name: nftAffinity, Dynamic: true, Decl: fmt.Sprintf("typeof %s saddr . %s . numgen random mod 65536; flags dynamic,timeout; size %d;", fam, typeofKey, nftAffinitySize)}
+	return chains, sets
+}
+
+// render returns the group of one Service, or nil when it gets no rule in
+// this family. old is its previous group, for the endpoint positions.
+func (m *nftModel) render(svc *cluster.Service, old *nftGroup) *nftGroup {
+	if !svc.Proxied || svc.Headless || svc.Type == cluster.TypeExternalName {
+		return nil
+	}
+	var ips []netip.Addr
+	for _, ip := range svc.ClusterIPs {
+		if m.fam.Contains(ip) {
+			ips = append(ips, ip)
+		}
+	}
+	if len(ips) == 0 {
+		return nil
+	}
+	g := &nftGroup{}
+	rendered := false
+	timeout := 0
+	if t := svc.SessionAffinityTimeout; t > 0 {
+		timeout = int(math.Ceil(t.Seconds()))
+	}
+	for _, port := range svc.Ports {
+		proto := protocolName(port.Protocol)
+		if proto == "" {
+			continue
+		}
+		rendered = true
+		g.counts.ServicePorts++
+		name := servicePortName(svc.ServiceKey, port.Name)
+		sel := SelectEndpoints(svc, port, m.fam, m.opts.Zone)
+		if len(sel.Endpoints) == 0 {
+			g.counts.NoEndpoints++
+			for _, ip := range ips {
+				g.noEndpoints = append(g.noEndpoints, NFTElement{Key: svcKey(ip, proto, port.Port), Comment: name})
+			}
+			continue
+		}
+		if sel.Terminating {
+			g.counts.Terminating++
+		}
+		if sel.Zonal {
+			g.counts.Zonal++
+		}
+		for _, ep := range sel.Endpoints {
+			g.hairpin = append(g.hairpin, ep.Addr)
+		}
+		if timeout == 0 {
+			n := len(sel.Endpoints)
+			g.counts.Endpoints += n
+			g.picks = append(g.picks, n)
+			verdict := "goto " + nftPickPrefix + strconv.Itoa(n)
+			for _, ip := range ips {
+				k := svcKey(ip, proto, port.Port)
+				g.serviceIPs = append(g.serviceIPs, NFTElement{Key: k, Value: verdict, Comment: name})
+				for i, ep := range sel.Endpoints {
+					g.endpoints = append(g.endpoints, NFTElement{Key: k + " . " + strconv.Itoa(i), Value: endpointValue(ep.AddrPort())})
+				}
+			}
+			continue
+		}
+		id := port.Name + "/" + proto
+		var prev []netip.AddrPort
+		if old != nil {
+			prev = old.positions[id]
+		}
+		pos := assignPositions(prev, sel.Endpoints)
+		if g.positions == nil {
+			g.positions = map[string][]netip.AddrPort{}
+		}
+		g.positions[id] = pos
+		n := 0
+		for _, ap := range pos {
+			if ap.IsValid() {
+				n++
+			}
+		}
+		g.counts.Endpoints += n
+		g.affinity = append(g.affinity, [3]int{len(pos), n, timeout})
+		verdict := "goto " + affinityChain(len(pos), n, timeout)
+		for _, ip := range ips {
+			k := svcKey(ip, proto, port.Port)
+			g.serviceIPs = append(g.serviceIPs, NFTElement{Key: k, Value: verdict, Comment: name})
+			r := 0
+			for i, ap := range pos {
+				if !ap.IsValid() {
+					continue
+				}
+				g.endpoints = append(g.endpoints, NFTElement{Key: k + " . " + strconv.Itoa(i), Value: endpointValue(ap)})
+				g.slots = append(g.slots, NFTElement{Key: k + " . " + strconv.Itoa(r), Value: "goto " + affinityPosChain(timeout, i)})
+				r++
+			}
+		}
+	}
+	if !rendered {
+		return nil
+	}
+	g.counts.Services = 1
+	g.local = svc.InternalTrafficLocal
+	slices.SortFunc(g.hairpin, func(a, b netip.Addr) int { return a.Compare(b) })
+	g.hairpin = slices.Compact(g.hairpin)
+	return g
+}
+
+func endpointValue(ap netip.AddrPort) string {
+	return ap.Addr().String() + " . " + strconv.Itoa(int(ap.Port()))
+}
+
+// assignPositions numbers the endpoints of a Service port with session
+// affinity: endpoints in prev keep their position, new ones (in order) take
+// the first free positions, then new ones at the end. Trailing free
+// positions are dropped, and when more than half of the positions would be
+// free, endpoints from the end move into the free ones.
+func assignPositions(prev []netip.AddrPort, eps []cluster.Endpoint) []netip.AddrPort {
+	want := make(map[netip.AddrPort]bool, len(eps))
+	for _, ep := range eps {
+		want[ep.AddrPort()] = true
+	}
+	pos := make([]netip.AddrPort, 0, max(len(prev), len(eps)))
+	for _, ap := range prev {
+		if want[ap] {
+			delete(want, ap)
+		} else {
+			ap = netip.AddrPort{}
+		}
+		pos = append(pos, ap)
+	}
+	free := 0
+	for _, ep := range eps {
+		ap := ep.AddrPort()
+		if !want[ap] {
+			continue
+		}
+		delete(want, ap)
+		for free < len(pos) && pos[free].IsValid() {
+			free++
+		}
+		if free < len(pos) {
+			pos[free] = ap
+		} else {
+			pos = append(pos, ap)
+		}
+	}
+	trim := func() {
+		for len(pos) > 0 && !pos[len(pos)-1].IsValid() {
+			pos = pos[:len(pos)-1]
+		}
+	}
+	trim()
+	n := 0
+	for _, ap := range pos {
+		if ap.IsValid() {
+			n++
+		}
+	}
+	if len(pos) > 2*n {
+		for i := 0; i < len(pos); i++ {
+			if !pos[i].IsValid() {
+				pos[i] = pos[len(pos)-1]
+				pos = pos[:len(pos)-1]
+				trim()
+			}
+		}
+	}
+	if len(pos) == 0 {
+		return nil
+	}
+	return pos
+}
+
+// add puts g in the model under k; k must have no group.
+func (m *nftModel) add(k cluster.ServiceKey, g *nftGroup) {
+	m.groups[k] = g
+	for _, a := range g.hairpin {
+		m.hairpin[a]++
+	}
+	for _, n := range g.picks {
+		m.picks[n]++
+	}
+	for _, a := range g.affinity {
+		m.affinity[a]++
+		for i := range a[0] {
+			m.posChains[[2]int{a[2], i}]++
+		}
+	}
+	m.sumCounts(&g.counts, 1)
+	m.elements += g.size()
+}
+
+// remove takes the group of k out of the model.
+func (m *nftModel) remove(k cluster.ServiceKey) {
+	g := m.groups[k]
+	if g == nil {
+		return
+	}
+	delete(m.groups, k)
+	dec := func(c map[int]int, n int) {
+		if c[n]--; c[n] <= 0 {
+			delete(c, n)
+		}
+	}
+	for _, a := range g.hairpin {
+		if m.hairpin[a]--; m.hairpin[a] <= 0 {
+			delete(m.hairpin, a)
+		}
+	}
+	for _, n := range g.picks {
+		dec(m.picks, n)
+	}
+	for _, a := range g.affinity {
+		if m.affinity[a]--; m.affinity[a] <= 0 {
+			delete(m.affinity, a)
+		}
+		for i := range a[0] {
+			pc := [2]int{a[2], i}
+			if m.posChains[pc]--; m.posChains[pc] <= 0 {
+				delete(m.posChains, pc)
+			}
+		}
+	}
+	m.sumCounts(&g.counts, -1)
+	m.elements -= g.size()
+}
+
+func (g *nftGroup) size() int {
+	return len(g.serviceIPs) + len(g.endpoints) + len(g.slots) + len(g.noEndpoints)
+}
+
+func (g *nftGroup) set(i int) []NFTElement {
+	switch i {
+	case nftSetServiceIPs:
+		return g.serviceIPs
+	case nftSetEndpoints:
+		return g.endpoints
+	case nftSetSlots:
+		return g.slots
+	case nftSetNoEndpoints:
+		return g.noEndpoints
+	}
+	return nil
+}
+
+func (m *nftModel) sumCounts(c *NFTRenderStats, sign int) {
+	m.counts.Services += sign * c.Services
+	m.counts.ServicePorts += sign * c.ServicePorts
+	m.counts.Endpoints += sign * c.Endpoints
+	m.counts.NoEndpoints += sign * c.NoEndpoints
+	m.counts.Terminating += sign * c.Terminating
+	m.counts.Zonal += sign * c.Zonal
+}
+
+// chains returns the chains of the model: base chains, then regular ones by
+// name.
+func (m *nftModel) chains() []NFTChain {
+	fam, key := m.famWord, m.key
+	out := slices.Clone(m.static[:5])
+	regular := slices.Clone(m.static[5:])
+	for n := range m.picks {
+		regular = append(regular, NFTChain{Name: nftPickPrefix + strconv.Itoa(n), Rules: []string{
+			"dnat " + fam + " to " + key + " . numgen random mod " + strconv.Itoa(n) + " map @" + nftEndpoints,
+		}})
+	}
+	for a := range m.affinity {
+		c, n, t := a[0], a[1], a[2]
+		rules := make([]string, 0, c+1)
+		for i := range c {
+			// A client recorded for position i goes there again, as long
+			// as an endpoint holds it.
+			rules = append(rules, fmt.Sprintf("%s saddr . %s . %s @%s %s . %s @%s goto %s",
+				fam, key, fixedIndex(i), nftAffinity, key, fixedIndex(i), nftEndpoints, affinityPosChain(t, i)))
+		}
+		rules = append(rules, fmt.Sprintf("%s . numgen random mod %d vmap @%s", key, n, nftAffinitySlots))
+		regular = append(regular, NFTChain{Name: affinityChain(c, n, t), Rules: rules})
+	}
+	for ti := range m.posChains {
+		t, i := ti[0], ti[1]
+		regular = append(regular, NFTChain{Name: affinityPosChain(t, i), Rules: []string{
+			fmt.Sprintf("update @%s { %s saddr . %s . %s timeout %ds }", nftAffinity, fam, key, fixedIndex(i), t),
+			fmt.Sprintf("dnat %s to %s . %s map @%s", fam, key, fixedIndex(i), nftEndpoints),
+		}})
+	}
+	slices.SortFunc(regular, func(a, b NFTChain) int { return compareChainNames(a.Name, b.Name) })
+	return append(out, regular...)
+}
+
+func compareServiceKeys(a, b cluster.ServiceKey) int {
+	return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
+}
+
+func hairpinElement(a netip.Addr) NFTElement {
+	s := a.String()
+	return NFTElement{Key: s + " . " + s}
+}
+
+// ruleset returns the model's whole content: Services in key order, their
+// elements in port order.
+func (m *nftModel) ruleset() *NFTRuleset {
+	keys := make([]cluster.ServiceKey, 0, len(m.groups))
+	for k := range m.groups {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, compareServiceKeys)
+	rs := &NFTRuleset{Family: m.fam, Chains: m.chains(), Sets: slices.Clone(m.sets)}
+	sizes := make([]int, nftSetCount)
+	for _, k := range keys {
+		g := m.groups[k]
+		for i := range nftSetHairpin {
+			sizes[i] += len(g.set(i))
+		}
+	}
+	for i := range nftSetHairpin {
+		rs.Sets[i].Elements = make([]NFTElement, 0, sizes[i])
+	}
+	for _, k := range keys {
+		g := m.groups[k]
+		for i := range nftSetHairpin {
+			rs.Sets[i].Elements = append(rs.Sets[i].Elements, g.set(i)...)
+		}
+	}
+	hairpins := make([]NFTElement, 0, len(m.hairpin))
+	for a := range m.hairpin {
+		hairpins = append(hairpins, hairpinElement(a))
+	}
+	slices.SortFunc(hairpins, func(a, b NFTElement) int { return strings.Compare(a.Key, b.Key) })
+	rs.Sets[nftSetHairpin].Elements = hairpins
+	return rs
+}
+
+// renderStats returns the model's counts; LocalPolicyIgnored only with
+// local (it walks every Service).
+func (m *nftModel) renderStats(local bool) NFTRenderStats {
+	st := m.counts
+	for _, c := range m.chains() {
+		st.Chains++
+		st.Rules += len(c.Rules)
+		if strings.HasPrefix(c.Base, "type filter") {
+			st.FilterRules += len(c.Rules)
+		} else {
+			st.NATRules += len(c.Rules)
+		}
+	}
+	st.Elements = m.elements + len(m.hairpin)
+	if local {
+		for k, g := range m.groups {
+			if g.local {
+				st.LocalPolicyIgnored = append(st.LocalPolicyIgnored, k)
+			}
+		}
+		slices.SortFunc(st.LocalPolicyIgnored, compareServiceKeys)
+	}
+	return st
+}
+
+// changedServices returns the keys of the Services that differ between two
+// snapshots, by pointer: Services are immutable and an unchanged one keeps
+// its pointer, so a changed pointer is all a sync needs to look at (a new
+// pointer with equal content renders to the same group, and sends nothing).
+func changedServices(prev, next *cluster.Snapshot) []cluster.ServiceKey {
+	var old, cur map[cluster.ServiceKey]*cluster.Service
+	if prev != nil {
+		old = prev.Services
+	}
+	if next != nil {
+		cur = next.Services
+	}
+	var out []cluster.ServiceKey
+	common := 0
+	for k, s := range cur {
+		o, ok := old[k]
+		if ok {
+			common++
+		}
+		if o != s {
+			out = append(out, k)
+		}
+	}
+	if common < len(old) {
+		for k := range old {
+			if _, ok := cur[k]; !ok {
+				out = append(out, k)
+			}
+		}
+	}
+	slices.SortFunc(out, compareServiceKeys)
+	return out
+}
+
+// nftPatch is the element changes of one patch, by set.
+type nftPatch struct {
+	del, add [nftSetCount][]NFTElement
+	// local lists the changed Services asking for internalTrafficPolicy: Local.
+	local []cluster.ServiceKey
+}
+
+// patch brings the model from the Services of prev to those of next,
+// rendering only the given keys (changedServices), and returns the element
+// changes.
+func (m *nftModel) patch(next *cluster.Snapshot, keys []cluster.ServiceKey) *nftPatch {
+	p := &nftPatch{}
+	hairpinBefore := map[netip.Addr]int{}
+	for _, k := range keys {
+		old := m.groups[k]
+		var g *nftGroup
+		if next != nil {
+			if svc := next.Services[k]; svc != nil {
+				g = m.render(svc, old)
+			}
+		}
+		for _, gg := range []*nftGroup{old, g} {
+			if gg == nil {
+				continue
+			}
+			for _, a := range gg.hairpin {
+				if _, ok := hairpinBefore[a]; !ok {
+					hairpinBefore[a] = m.hairpin[a]
+				}
+			}
+		}
+		if old != nil {
+			m.remove(k)
+		}
+		if g != nil {
+			m.add(k, g)
+			if g.local {
+				p.local = append(p.local, k)
+			}
+		}
+		for i := range nftSetHairpin {
+			var o, n []NFTElement
+			if old != nil {
+				o = old.set(i)
+			}
+			if g != nil {
+				n = g.set(i)
+			}
+			elementDelta(o, n, &p.del[i], &p.add[i])
+		}
+	}
+	for a, before := range hairpinBefore {
+		switch after := m.hairpin[a]; {
+		case before == 0 && after > 0:
+			p.add[nftSetHairpin] = append(p.add[nftSetHairpin], hairpinElement(a))
+		case before > 0 && after == 0:
+			p.del[nftSetHairpin] = append(p.del[nftSetHairpin], hairpinElement(a))
+		}
+	}
+	byKey := func(a, b NFTElement) int { return strings.Compare(a.Key, b.Key) }
+	slices.SortFunc(p.add[nftSetHairpin], byKey)
+	for i := range p.del {
+		slices.SortFunc(p.del[i], byKey)
+	}
+	return p
+}
+
+// elementDelta appends to del the elements of old that new lacks or has with
+// another value or comment, and to add those of new that old lacks or has
+// otherwise: nft cannot change an element in place.
+func elementDelta(old, new []NFTElement, del, add *[]NFTElement) {
+	if len(old) == 0 {
+		*add = append(*add, new...)
+		return
+	}
+	have := make(map[string]NFTElement, len(old))
+	for _, e := range old {
+		have[e.Key] = e
+	}
+	for _, e := range new {
+		if o, ok := have[e.Key]; ok {
+			delete(have, e.Key)
+			if o == e {
+				continue
+			}
+			*del = append(*del, o)
+		}
+		*add = append(*add, e)
+	}
+	for _, e := range old {
+		if _, ok := have[e.Key]; ok {
+			*del = append(*del, e)
+		}
+	}
+}
