@@ -365,9 +365,15 @@ const netnsEtc = "/etc/netns"
 // exec` (Exec, Command) read path as their /etc/resolv.conf, the way a
 // program on a real VM reads the host's: point it at an agent's host root
 // and the VM's libc resolves through that agent's DNS stub. Only the VM
-// namespace is affected; Stop undoes it.
+// namespace is affected; an empty path or Stop undoes it.
 func (t *Testbed) SetVMResolvConf(path string) error {
 	dir := filepath.Join(netnsEtc, t.VMNetns)
+	if path == "" {
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("vm resolv.conf: %w", err)
+		}
+		return nil
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("vm resolv.conf: %w", err)
 	}

@@ -112,7 +112,9 @@ func TestDNS(t *testing.T) {
 		return nil
 	})
 
-	pod5 := "10-244-1-5." + ns + ".pod.cluster.local."
+	// A pod name in a namespace CoreDNS has known since it started (it
+	// answers pod names only in namespaces it has seen).
+	pod5 := "10-244-1-5.default.pod.cluster.local."
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -159,6 +161,11 @@ func TestDNS(t *testing.T) {
 		if err := tb.SetVMResolvConf(filepath.Join(a.HostRoot, "etc", "resolv.conf")); err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() {
+			if err := tb.SetVMResolvConf(""); err != nil {
+				t.Error(err)
+			}
+		})
 		serviceRoutes(ctx, t)
 		for _, name := range []string{"web." + ns + ".svc", "web." + ns + ".svc.cluster.local"} {
 			out := vmExec(ctx, t, "getent", "ahostsv4", name)
@@ -223,7 +230,7 @@ func TestDNS(t *testing.T) {
 			t.Errorf("pod name while kube-dns hangs: %s, want the stale answer", r)
 		}
 		// A name never asked before has nothing stale to serve.
-		if r := dig(ctx, t, server, "10-244-1-6."+ns+".pod.cluster.local", "A"); r.Status != "SERVFAIL" {
+		if r := dig(ctx, t, server, "10-244-1-6.default.pod.cluster.local", "A"); r.Status != "SERVFAIL" {
 			t.Errorf("uncached pod name while kube-dns hangs: %s, want SERVFAIL", r)
 		}
 	})
