@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the sandbox's real Kubernetes parts from the Go module proxy, once,
 # into a cache keyed by the tool modules' content and the Go version:
-#   etcd, kube-apiserver, kube-controller-manager, coredns (and kube-proxy on request).
+#   etcd, kube-apiserver, kube-controller-manager, coredns (and kube-proxy on request),
+# and, on request, nfpm (the .deb/.rpm packager that hack/package.sh uses).
 # Usage: hack/build-tools.sh [binary...]   (default: the sandbox's set)
 # Prints the directory that holds the binaries on its last line.
 set -euo pipefail
@@ -16,6 +17,7 @@ module[kube-controller-manager]=kubernetes; pkg[kube-controller-manager]=k8s.io/
 module[kube-proxy]=kubernetes;              pkg[kube-proxy]=k8s.io/kubernetes/cmd/kube-proxy
 module[etcd]=etcd;                          pkg[etcd]=go.etcd.io/etcd/server/v3
 module[coredns]=coredns;                    pkg[coredns]=github.com/coredns/coredns
+module[nfpm]=nfpm;                          pkg[nfpm]=github.com/goreleaser/nfpm/v2/cmd/nfpm
 
 want=("$@")
 [ ${#want[@]} -gt 0 ] || want=(etcd kube-apiserver kube-controller-manager coredns)

@@ -4,6 +4,8 @@
 //	bridge-agent run     [--config FILE] [flags]   run the agent
 //	bridge-agent status  [--config FILE] [-o json] what the running agent sees
 //	bridge-agent cleanup [--config FILE]           remove everything the agent made
+//	bridge-agent kubeconfig --server URL --token-file F --ca-file F
+//	bridge-agent install | uninstall | start | stop  the service, for bare-binary installs
 //	bridge-agent version
 package main
 
@@ -16,10 +18,15 @@ import (
 const usage = `usage: bridge-agent <command> [flags]
 
 Commands:
-  run       run the agent (watch the cluster, program this host)
-  status    show what the running agent sees (-o json for machines)
-  cleanup   remove every rule, route, file and socket the agent made
-  version   print the version
+  run         run the agent (watch the cluster, program this host)
+  status      show what the running agent sees (-o json for machines)
+  cleanup     remove every rule, route, file and socket the agent made
+  kubeconfig  write this host's kubeconfig from a token and the cluster CA
+              (--check: does the configuration name credentials that load?)
+  install     register this binary as the bridge-agent service (no package)
+  uninstall   stop and remove that service, then clean up
+  start, stop control the installed service
+  version     print the version
 
 Run "bridge-agent <command> --help" for a command's flags.
 `
@@ -41,6 +48,10 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return statusCmd(rest, stdout, stderr)
 	case "cleanup":
 		return cleanupCmd(rest, stdout, stderr)
+	case "kubeconfig":
+		return kubeconfigCmd(rest, stdout, stderr)
+	case "install", "uninstall", "start", "stop":
+		return serviceCmd(cmd, rest, stdout, stderr)
 	case "version", "--version":
 		return versionCmd(stdout)
 	case "help", "-h", "--help":

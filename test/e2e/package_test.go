@@ -1,0 +1,853 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/yaml"
+
+	"github.com/bridge-agent/bridge-agent/internal/config"
+	"github.com/bridge-agent/bridge-agent/internal/daemon"
+	"github.com/bridge-agent/bridge-agent/internal/testbed"
+	"github.com/bridge-agent/bridge-agent/packaging"
+	"github.com/bridge-agent/bridge-agent/systemd"
+)
+
+// The packages the tests build: an installed version and a newer one to
+// upgrade to.
+const (
+	pkgVersion    = "0.1.0"
+	pkgNewVersion = "0.1.1"
+)
+
+// repoRoot is the repository's top directory.
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// buildPackages runs hack/package.sh, as `make package` does, for this
+// machine's architecture and returns the packages' paths.
+func buildPackages(ctx context.Context, t *testing.T, dir, version, formats string) []string {
+	t.Helper()
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, filepath.Join(repoRoot(t), "hack", "package.sh"), "-o", dir)
+	cmd.Dir = repoRoot(t)
+	cmd.Env = append(os.Environ(), "VERSION="+version, "ARCHS="+runtime.GOARCH, "FORMATS="+formats)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("hack/package.sh (VERSION=%s): %v\n%s", version, err, stderr.String())
+	}
+	paths := strings.Fields(string(out))
+	t.Logf("built %s in %s: %v", version, time.Since(start).Round(time.Millisecond), paths)
+	return paths
+}
+
+// pick returns the one path with the given suffix.
+func pick(t *testing.T, paths []string, suffix string) string {
+	t.Helper()
+	for _, p := range paths {
+		if strings.HasSuffix(p, suffix) {
+			return p
+		}
+	}
+	t.Fatalf("no *%s among %v", suffix, paths)
+	return ""
+}
+
+// debianRoot returns the cached Debian root file system, building it on
+// first use (hack/debian-root.sh).
+func debianRoot(ctx context.Context, t *testing.T) string {
+	t.Helper()
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, filepath.Join(repoRoot(t), "hack", "debian-root.sh"))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("hack/debian-root.sh: %v\n%s", err, stderr.String())
+	}
+	lines := strings.Fields(string(out))
+	if len(lines) == 0 {
+		t.Fatalf("hack/debian-root.sh printed no directory\n%s", stderr.String())
+	}
+	t.Logf("Debian root %s ready in %s", lines[len(lines)-1], time.Since(start).Round(time.Millisecond))
+	return lines[len(lines)-1]
+}
+
+// copyRoot copies the cached root to dst, so every run starts pristine, and
+// gives the copy its own machine id.
+func copyRoot(ctx context.Context, t *testing.T, src, dst string) {
+	t.Helper()
+	start := time.Now()
+	if out, err := exec.CommandContext(ctx, "cp", "-a", "--reflink=auto", src, dst).CombinedOutput(); err != nil {
+		t.Fatalf("copy %s: %v: %s", src, err, out)
+	}
+	id := make([]byte, 16)
+	_, _ = rand.Read(id)
+	if err := os.WriteFile(filepath.Join(dst, "etc", "machine-id"), []byte(hex.EncodeToString(id)+"\n"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("copied the root in %s", time.Since(start).Round(time.Millisecond))
+}
+
+// container is a Debian booted with systemd-nspawn in the sandbox's VM
+// network namespace: a legacy VM with a real systemd.
+type container struct {
+	root   string
+	log    string
+	cmd    *exec.Cmd
+	done   chan struct{}
+	leader int // the container's init, as this machine sees it
+}
+
+// bootContainer boots root with systemd as init, sharing the VM's network
+// namespace, and waits until systemd reports the system up.
+func bootContainer(ctx context.Context, t *testing.T, root, logPath string) *container {
+	t.Helper()
+	start := time.Now()
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &container{root: root, log: logPath, done: make(chan struct{})}
+	// nsenter, not `ip netns exec`: that remounts /sys for the namespace,
+	// without the cgroup file system systemd-nspawn needs.
+	c.cmd = exec.Command("nsenter", "--net=/run/netns/"+tb.VMNetns, "systemd-nspawn",
+		"--boot", "--register=no", "--keep-unit",
+		"--directory="+root, "--machine=bridge-agent-vm",
+		// The VM's /etc/resolv.conf is its own file, for the agent to manage.
+		"--resolv-conf=off", "--timezone=off", "--link-journal=no",
+		"--console=pipe",
+		// Not granted by default when the container shares a network
+		// namespace: the agent needs it, as on any host.
+		"--capability=CAP_NET_ADMIN")
+	c.cmd.Stdin = nil
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	c.cmd.Stdout, c.cmd.Stderr = logf, logf
+	if err := c.cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatalf("systemd-nspawn: %v", err)
+	}
+	go func() {
+		_ = c.cmd.Wait()
+		logf.Close()
+		close(c.done)
+	}()
+	t.Cleanup(c.kill)
+
+	// The init is the nspawn process's child.
+	deadline := time.Now().Add(30 * time.Second)
+	for c.leader == 0 {
+		if c.exited() || time.Now().After(deadline) {
+			t.Fatalf("systemd-nspawn: no container init:\n%s", c.consoleTail())
+		}
+		c.leader = childOf(c.cmd.Process.Pid)
+		time.Sleep(50 * time.Millisecond)
+	}
+	var state string
+	deadline = time.Now().Add(2 * time.Minute)
+	for {
+		out, _ := c.exec(ctx, "systemctl", "is-system-running")
+		state = strings.TrimSpace(string(out))
+		if state == "running" || state == "degraded" {
+			break
+		}
+		if c.exited() || time.Now().After(deadline) {
+			t.Fatalf("container did not boot (systemctl is-system-running: %q):\n%s", state, c.consoleTail())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("container booted (%s) in %s", state, time.Since(start).Round(time.Millisecond))
+	if state == "degraded" {
+		out, _ := c.exec(ctx, "systemctl", "--failed", "--no-legend")
+		t.Logf("failed units in the container (not ours):\n%s", out)
+	}
+	return c
+}
+
+// childOf returns a child process of pid, or 0.
+func childOf(pid int) int {
+	matches, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, m := range matches {
+		b, _ := os.ReadFile(m)
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				return n
+			}
+		}
+	}
+	return 0
+}
+
+func (c *container) exited() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *container) consoleTail() string {
+	b, _ := os.ReadFile(c.log)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 40 {
+		lines = lines[len(lines)-40:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// exec runs argv inside the container (all its namespaces, its root) with a
+// clean environment, as an admin's shell would.
+func (c *container) exec(ctx context.Context, argv ...string) ([]byte, error) {
+	args := append([]string{"-t", strconv.Itoa(c.leader), "-m", "-u", "-i", "-n", "-p", "-C", "-r", "-w",
+		"env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
+		"HOME=/root", "TERM=dumb", "SYSTEMD_PAGER=", "DEBIAN_FRONTEND=noninteractive"}, argv...)
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	return exec.CommandContext(ctx, "nsenter", args...).CombinedOutput()
+}
+
+// run is exec failing the test on error.
+func (c *container) run(ctx context.Context, t *testing.T, argv ...string) string {
+	t.Helper()
+	out, err := c.exec(ctx, argv...)
+	if err != nil {
+		t.Fatalf("in the VM: %v: %v\n%s", argv, err, out)
+	}
+	return string(out)
+}
+
+// sh runs a shell script inside the container.
+func (c *container) sh(ctx context.Context, t *testing.T, script string) string {
+	t.Helper()
+	return c.run(ctx, t, "sh", "-ec", script)
+}
+
+// poweroff shuts the container down the way systemd-nspawn does on SIGTERM
+// (an orderly poweroff) and waits for it.
+func (c *container) poweroff(t *testing.T) {
+	t.Helper()
+	if c.exited() {
+		return
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(time.Minute):
+		t.Errorf("container did not power off within a minute:\n%s", c.consoleTail())
+		c.kill()
+	}
+}
+
+// kill ends the container at once.
+func (c *container) kill() {
+	if c.exited() {
+		return
+	}
+	if c.leader > 0 {
+		_ = syscall.Kill(c.leader, syscall.SIGKILL)
+	}
+	_ = c.cmd.Process.Kill()
+	select {
+	case <-c.done:
+	case <-time.After(30 * time.Second):
+	}
+}
+
+// agentRules lists the agent's nftables tables and iptables chains in the
+// VM namespace, whichever backend and variant holds them, as seen from
+// outside the container.
+func agentRules(ctx context.Context) (string, error) {
+	var found []string
+	out, err := tb.Exec(ctx, tb.VMNetns, "nft", "list", "tables")
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, "bridge-agent") {
+			found = append(found, "nft: "+line)
+		}
+	}
+	for _, tool := range []string{"iptables-legacy-save", "iptables-nft-save", "ip6tables-legacy-save", "ip6tables-nft-save"} {
+		out, err := tb.Exec(ctx, tb.VMNetns, tool)
+		if err != nil {
+			return "", err
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(line, "BRIDGE-") {
+				found = append(found, tool+": "+line)
+			}
+		}
+	}
+	return strings.Join(found, "\n"), nil
+}
+
+// agentRoutes lists the routes with the agent's protocol in the VM
+// namespace, every table, both families.
+func agentRoutes(ctx context.Context) (string, error) {
+	var out []byte
+	for _, fam := range []string{"-4", "-6"} {
+		b, err := tb.Exec(ctx, tb.VMNetns, "ip", fam, "route", "show", "table", "all", "proto", strconv.Itoa(config.DefaultRouteProtocol))
+		if err != nil {
+			return "", err
+		}
+		out = append(out, b...)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// hasServiceRules reports whether agentRules shows the agent's Service
+// rules: the nftables table or the iptables chain.
+func hasServiceRules(rules string) bool {
+	return strings.Contains(rules, "nft: table ip bridge-agent") || strings.Contains(rules, ":BRIDGE-SERVICES")
+}
+
+// ruleWatch samples the agent's NAT rules in the background and records
+// every moment they were missing.
+type ruleWatch struct {
+	stop    chan struct{}
+	done    chan struct{}
+	mu      sync.Mutex
+	samples int
+	gaps    []string
+}
+
+func watchRules(ctx context.Context) *ruleWatch {
+	w := &ruleWatch{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for {
+			select {
+			case <-w.stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			rules, err := agentRules(ctx)
+			w.mu.Lock()
+			w.samples++
+			if err != nil || !hasServiceRules(rules) {
+				w.gaps = append(w.gaps, fmt.Sprintf("%s: %v", time.Now().Format("15:04:05.000"), err))
+			}
+			w.mu.Unlock()
+		}
+	}()
+	return w
+}
+
+func (w *ruleWatch) finish() (samples int, gaps []string) {
+	close(w.stop)
+	<-w.done
+	return w.samples, w.gaps
+}
+
+// TestPackage installs the .deb on a booted Debian in the sandbox's VM
+// network namespace and runs it with systemd, following README's "Install
+// on a VM": install (not started without credentials), join with
+// `bridge-agent kubeconfig`, start, reach a Service by name, restart,
+// upgrade (rules and the edited conffile kept), purge (nothing of ours
+// left).
+func TestPackage(t *testing.T) {
+	requireTestbed(t)
+	testStart := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+
+	pkgs := buildPackages(ctx, t, filepath.Join(dir, "dist"), pkgVersion, "deb")
+	newPkgs := buildPackages(ctx, t, filepath.Join(dir, "dist-new"), pkgNewVersion, "deb")
+	deb, newDeb := pick(t, pkgs, ".deb"), pick(t, newPkgs, ".deb")
+
+	vm, pod := startVM(ctx, t, dir, deb, newDeb)
+
+	// 1. Install. No credentials yet: enabled, not started, says what next.
+	start := time.Now()
+	out := vm.run(ctx, t, "apt-get", "install", "-y", "/root/"+filepath.Base(deb))
+	t.Logf("apt-get install took %s:\n%s", time.Since(start).Round(time.Millisecond), out)
+	if !strings.Contains(out, "Next:") || !strings.Contains(out, "bridge-agent kubeconfig --server") {
+		t.Errorf("install without credentials did not say what to do next:\n%s", out)
+	}
+	if got := unitState(ctx, vm, "is-enabled"); got != "enabled" {
+		t.Errorf("after install: is-enabled %q, want enabled", got)
+	}
+	if got := unitState(ctx, vm, "is-active"); got != "inactive" {
+		t.Errorf("after install without credentials: is-active %q, want inactive (not crash-looping)", got)
+	}
+	for _, f := range []string{"/usr/bin/bridge-agent", "/etc/bridge-agent/config.yaml", "/lib/systemd/system/bridge-agent.service",
+		"/usr/share/man/man8/bridge-agent.8.gz", "/usr/share/doc/bridge-agent/copyright", "/usr/share/doc/bridge-agent/changelog.gz"} {
+		vm.run(ctx, t, "test", "-f", f)
+	}
+	if out := vm.run(ctx, t, "dpkg-query", "-W", "-f=${Conffiles}", "bridge-agent"); !strings.Contains(out, "/etc/bridge-agent/config.yaml") {
+		t.Errorf("config.yaml is not a conffile: %q", out)
+	}
+
+	// The unit, as systemd sees it on this host.
+	if out, err := vm.exec(ctx, "systemd-analyze", "verify", "--man=no", "bridge-agent.service"); err != nil || strings.TrimSpace(string(out)) != "" {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	sec := vm.run(ctx, t, "systemd-analyze", "security", "--no-pager", "bridge-agent.service")
+	m := regexp.MustCompile(`Overall exposure level for bridge-agent.service: ([0-9.]+) (\S+)`).FindStringSubmatch(sec)
+	if m == nil {
+		t.Fatalf("systemd-analyze security: no score:\n%s", sec)
+	}
+	t.Logf("systemd-analyze security: %s %s", m[1], m[2])
+	if score, _ := strconv.ParseFloat(m[1], 64); score > 3.0 {
+		t.Errorf("exposure %s, want at most 3.0:\n%s", m[1], sec)
+	}
+
+	// 2. Join: the kubeconfig from the token and CA, then start.
+	vm.sh(ctx, t, fmt.Sprintf("umask 077; bridge-agent kubeconfig --server %s --token-file /root/token --ca-file /root/ca.crt > /etc/bridge-agent/kubeconfig", tb.APIServerURL))
+	vm.run(ctx, t, "bridge-agent", "kubeconfig", "--check")
+	start = time.Now()
+	vm.run(ctx, t, "systemctl", "start", "bridge-agent") // returns once READY=1
+	t.Logf("systemctl start (to READY=1) took %s", time.Since(start).Round(time.Millisecond))
+	if got := unitState(ctx, vm, "is-active"); got != "active" {
+		t.Fatalf("after start: is-active %q", got)
+	}
+	ready := func(what string) { t.Helper(); vm.waitReady(ctx, t, what) }
+	ready("after start")
+
+	// 3. From inside the VM, by name, through the host's resolver.
+	byName := func(what string) { t.Helper(); vm.waitByName(ctx, t, what, pod.Name) }
+	byName("after start")
+	t.Logf("resolv.conf in the VM while the agent runs:\n%s", vm.run(ctx, t, "cat", "/etc/resolv.conf"))
+
+	// 4. Restart, and a stop: the rules stay while the agent is down.
+	mainPID := unitProp(ctx, t, vm, "MainPID")
+	vm.run(ctx, t, "systemctl", "restart", "bridge-agent")
+	if got := unitProp(ctx, t, vm, "MainPID"); got == mainPID || got == "0" {
+		t.Errorf("restart: MainPID %s, was %s", got, mainPID)
+	}
+	ready("after restart")
+	byName("after restart")
+	vm.run(ctx, t, "systemctl", "stop", "bridge-agent")
+	if rules, err := agentRules(ctx); err != nil || !hasServiceRules(rules) {
+		t.Errorf("after stop the rules are gone (%v):\n%s", err, rules)
+	}
+	vm.run(ctx, t, "systemctl", "start", "bridge-agent")
+	ready("after stop and start")
+
+	// 5. Upgrade with an edited conffile: the edit stays, the agent restarts
+	// on the new binary, the rules never go away.
+	vm.sh(ctx, t, "echo '# edited on this VM' >> /etc/bridge-agent/config.yaml")
+	mainPID = unitProp(ctx, t, vm, "MainPID")
+	w := watchRules(ctx)
+	start = time.Now()
+	out = vm.run(ctx, t, "apt-get", "install", "-y", "/root/"+filepath.Base(newDeb))
+	t.Logf("upgrade took %s", time.Since(start).Round(time.Millisecond))
+	ready("after upgrade")
+	samples, gaps := w.finish()
+	if len(gaps) > 0 {
+		t.Errorf("during the upgrade the agent's rules were missing in %d of %d samples: %v", len(gaps), samples, gaps)
+	} else {
+		t.Logf("rules present in all %d samples during the upgrade", samples)
+	}
+	if v := vm.run(ctx, t, "dpkg-query", "-W", "-f=${Version}", "bridge-agent"); !strings.HasPrefix(v, pkgNewVersion) {
+		t.Errorf("after upgrade: version %q\n%s", v, out)
+	}
+	if v := vm.run(ctx, t, "bridge-agent", "version"); !strings.Contains(v, pkgNewVersion) {
+		t.Errorf("after upgrade: bridge-agent version %q", v)
+	}
+	if got := unitProp(ctx, t, vm, "MainPID"); got == mainPID || got == "0" {
+		t.Errorf("upgrade did not restart the agent: MainPID %s, was %s", got, mainPID)
+	}
+	if !strings.Contains(vm.run(ctx, t, "cat", "/etc/bridge-agent/config.yaml"), "# edited on this VM") {
+		t.Errorf("upgrade replaced the edited /etc/bridge-agent/config.yaml")
+	}
+	vm.run(ctx, t, "test", "-f", "/etc/bridge-agent/kubeconfig")
+	if out, _ := vm.exec(ctx, "sh", "-c", "ls /etc/bridge-agent/*.dpkg-* 2>/dev/null"); strings.TrimSpace(string(out)) != "" {
+		t.Errorf("upgrade left %s", out)
+	}
+	byName("after upgrade")
+
+	// 6. Purge: nothing of ours stays.
+	start = time.Now()
+	vm.run(ctx, t, "apt-get", "purge", "-y", "bridge-agent")
+	t.Logf("apt-get purge took %s", time.Since(start).Round(time.Millisecond))
+	if rules, err := agentRules(ctx); err != nil || rules != "" {
+		t.Errorf("after purge: rules of ours (%v):\n%s", err, rules)
+	}
+	if routes, err := agentRoutes(ctx); err != nil || routes != "" {
+		t.Errorf("after purge: routes of ours (%v):\n%s", err, routes)
+	}
+	if got := vm.run(ctx, t, "cat", "/etc/resolv.conf"); got != testbed.HostResolvConf {
+		t.Errorf("after purge: /etc/resolv.conf is\n%s\nwant the VM's original\n%s", got, testbed.HostResolvConf)
+	}
+	if out, _ := vm.exec(ctx, "sh", "-c", "find / -xdev \\( -path /proc -o -path /sys -o -path /root \\) -prune -o -name '*bridge-agent*' -print; "+
+		"ls -d /run/bridge-agent /run/bridge-agent.pkg-upgrade /etc/bridge-agent /var/lib/bridge-agent 2>/dev/null; true"); strings.TrimSpace(string(out)) != "" {
+		t.Errorf("after purge, files of ours remain:\n%s", out)
+	}
+	if got := unitState(ctx, vm, "is-active"); got == "active" || got == "activating" {
+		t.Errorf("after purge: unit %s", got)
+	}
+	if out, _ := vm.exec(ctx, "pgrep", "-a", "bridge-agent"); strings.TrimSpace(string(out)) != "" {
+		t.Errorf("after purge, still running: %s", out)
+	}
+	vm.poweroff(t)
+	t.Logf("TestPackage took %s", time.Since(testStart).Round(time.Millisecond))
+}
+
+// startVM prepares a pristine copy of the Debian root with what an admin
+// copies to a VM (files, the ServiceAccount token and the cluster CA, in
+// /root), creates Service demo/web with a ready pod and a route for the
+// Service ranges (the VM has no default route), and boots it. Cleanups
+// power it off and remove, from outside, anything an agent left.
+func startVM(ctx context.Context, t *testing.T, dir string, files ...string) (*container, testbed.Pod) {
+	t.Helper()
+	root := filepath.Join(dir, "vm")
+	copyRoot(ctx, t, debianRoot(ctx, t), root)
+	// Safety net, run after the container is gone (cleanups run last
+	// first): remove whatever the agent left in the VM namespace, as the
+	// package's removal should have done already.
+	t.Cleanup(func() { hostSideCleanup(t, dir, root) })
+
+	// The VM's own resolver configuration, as a legacy VM has it.
+	writeFile(t, filepath.Join(root, "etc", "resolv.conf"), []byte(testbed.HostResolvConf), 0o644)
+	incoming := filepath.Join(root, "root")
+	for _, p := range files {
+		copyFile(t, p, filepath.Join(incoming, filepath.Base(p)), 0o755)
+	}
+	token, ca := agentCredentials(t)
+	writeFile(t, filepath.Join(incoming, "token"), []byte(token+"\n"), 0o600)
+	writeFile(t, filepath.Join(incoming, "ca.crt"), ca, 0o644)
+
+	createService(ctx, t, "demo", "web", v1.ProtocolTCP, 80, "http", map[string]string{"app": "pkg-web"})
+	pod := createPod(ctx, t, testbed.PodSpec{Namespace: "demo", Name: "web-1", Labels: map[string]string{"app": "pkg-web"},
+		Ports: []testbed.Port{{Name: "http", Port: 8080}}, Ready: true})
+	serviceRoutes(ctx, t)
+
+	vm := bootContainer(ctx, t, root, filepath.Join(dir, "console.log"))
+	t.Cleanup(func() {
+		if t.Failed() && !vm.exited() {
+			out, _ := vm.exec(context.Background(), "sh", "-c", "journalctl -u bridge-agent --no-pager -n 80; bridge-agent status; "+
+				"cat /etc/resolv.conf; getent ahosts web.demo.svc; ip route; iptables-save | grep -c BRIDGE; nft list ruleset | head -40")
+			t.Logf("in the VM at the failure:\n%s", out)
+		}
+	})
+	return vm, pod
+}
+
+// waitReady waits until `bridge-agent status` in the VM says ready, and
+// checks /readyz.
+func (c *container) waitReady(ctx context.Context, t *testing.T, what string) {
+	t.Helper()
+	waitFor(t, 30*time.Second, what+": bridge-agent status ready", func() error {
+		out, err := c.exec(ctx, "bridge-agent", "status", "-o", "json")
+		var s daemon.Status
+		if err == nil {
+			err = json.Unmarshal(out, &s)
+		}
+		if err != nil || !s.Ready {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
+	if out, err := c.exec(ctx, "curl", "-sSf", "--max-time", "5", "http://127.0.0.1:10356/readyz"); err != nil {
+		t.Errorf("%s: /readyz: %v: %s", what, err, out)
+	}
+}
+
+// waitByName calls the Service by name from inside the VM, through the
+// host's resolver, until the pod answers.
+func (c *container) waitByName(ctx context.Context, t *testing.T, what, podName string) {
+	t.Helper()
+	waitFor(t, 60*time.Second, what+": curl http://web.demo.svc", func() error {
+		out, err := c.exec(ctx, "curl", "-sS", "--http0.9", "--max-time", "3", "http://web.demo.svc/")
+		if got := strings.TrimSpace(string(out)); err != nil || got != podName {
+			return fmt.Errorf("%v: %q", err, got)
+		}
+		return nil
+	})
+}
+
+// unitState runs `systemctl <verb> bridge-agent` (is-active, is-enabled)
+// and returns what it printed.
+func unitState(ctx context.Context, vm *container, verb string) string {
+	out, _ := vm.exec(ctx, "systemctl", verb, "bridge-agent")
+	return strings.TrimSpace(string(out))
+}
+
+// unitProp returns one property of the unit.
+func unitProp(ctx context.Context, t *testing.T, vm *container, prop string) string {
+	t.Helper()
+	return strings.TrimSpace(vm.run(ctx, t, "systemctl", "show", "-P", prop, "bridge-agent"))
+}
+
+// agentCredentials returns the token and CA of the testbed's least-privilege
+// kubeconfig, as a cluster admin would hand them out.
+func agentCredentials(t *testing.T) (token string, ca []byte) {
+	t.Helper()
+	kc, err := clientcmd.LoadFromFile(tb.AgentKubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := kc.Contexts[kc.CurrentContext]
+	if ctx == nil {
+		t.Fatalf("%s: no current context", tb.AgentKubeconfig)
+	}
+	return kc.AuthInfos[ctx.AuthInfo].Token, kc.Clusters[ctx.Cluster].CertificateAuthorityData
+}
+
+// hostSideCleanup removes, from outside, whatever an agent in the container
+// may have left in the VM namespace (rules, routes; files under root), so a
+// failed run does not disturb the tests after it.
+func hostSideCleanup(t *testing.T, dir, root string) {
+	cfg := config.Default()
+	cfg.HostRoot = root
+	data, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	path := filepath.Join(dir, "cleanup.yaml")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Error(err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if out, err := tb.Exec(ctx, tb.VMNetns, agentBin, "cleanup", "--config", path); err != nil {
+		t.Errorf("host-side cleanup: %v\n%s", err, out)
+	}
+}
+
+func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, dst, b, mode)
+}
+
+func writeFile(t *testing.T, path string, data []byte, mode os.FileMode) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// rpmScriptlets are the scriptlets `rpm -qp --scripts` prints, by the name
+// it gives them, and the maintainer script each must be.
+var rpmScriptlets = map[string]string{
+	"preinstall":    "preinstall.sh",
+	"postinstall":   "postinstall.sh",
+	"preuninstall":  "preremove.sh",
+	"postuninstall": "postremove.sh",
+}
+
+// TestPackageRPM checks the .rpm: its files, config files, metadata and
+// scriptlets (the same scripts as the .deb's maintainer scripts), then
+// installs and erases it with rpm into a copy of the Debian root, inside a
+// network namespace of its own.
+func TestPackageRPM(t *testing.T) {
+	requireTestbed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if _, err := exec.LookPath("rpm"); err != nil {
+		t.Fatalf("rpm is not installed (apt-get install rpm): %v", err)
+	}
+	dir := t.TempDir()
+	pkg := pick(t, buildPackages(ctx, t, filepath.Join(dir, "dist"), pkgVersion, "rpm"), ".rpm")
+	rpm := func(args ...string) string {
+		t.Helper()
+		out, err := exec.CommandContext(ctx, "rpm", args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("rpm %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+
+	files := rpm("-qpl", pkg)
+	for _, f := range []string{"/usr/bin/bridge-agent", "/etc/bridge-agent/config.yaml", "/usr/lib/systemd/system/bridge-agent.service",
+		"/usr/lib/tmpfiles.d/bridge-agent.conf", "/usr/share/man/man8/bridge-agent.8.gz", "/usr/share/bridge-agent/rbac.yaml"} {
+		if !strings.Contains(files, f+"\n") {
+			t.Errorf("rpm -qpl: %s missing:\n%s", f, files)
+		}
+	}
+	if got := strings.TrimSpace(rpm("-qpc", pkg)); got != "/etc/bridge-agent/config.yaml" {
+		t.Errorf("rpm -qpc: %q, want /etc/bridge-agent/config.yaml", got)
+	}
+	// %config(noreplace): file flags include config (1) and noreplace (16).
+	if got := strings.TrimSpace(rpm("-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]", pkg)); !strings.Contains(got, "/etc/bridge-agent/config.yaml cn") {
+		t.Errorf("config.yaml is not %%config(noreplace):\n%s", got)
+	}
+	info := rpm("-qpi", pkg)
+	for _, want := range []string{"Name        : bridge-agent", "Version     : " + pkgVersion, "License     : Apache-2.0", "Architecture: "} {
+		if !strings.Contains(info, want) {
+			t.Errorf("rpm -qpi: no %q:\n%s", want, info)
+		}
+	}
+	t.Logf("rpm -qpi:\n%s", info)
+	req := rpm("-qpR", pkg)
+	for _, want := range []string{"(iptables or nftables)", "iproute"} {
+		if !strings.Contains(req, want) {
+			t.Errorf("rpm -qpR: no %q:\n%s", want, req)
+		}
+	}
+
+	// Scriptlets: exactly the maintainer scripts of the .deb.
+	scripts := rpm("-qp", "--scripts", pkg)
+	got := map[string]string{}
+	var name string
+	for _, line := range strings.SplitAfter(scripts, "\n") {
+		if m := regexp.MustCompile(`^(\w+) scriptlet \(using (\S+)\):\n$`).FindStringSubmatch(line); m != nil {
+			name = m[1]
+			continue
+		}
+		got[name] += line
+	}
+	for scriptlet, file := range rpmScriptlets {
+		want, err := os.ReadFile(filepath.Join(repoRoot(t), "packaging", "scripts", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimSpace(got[scriptlet]) != strings.TrimSpace(string(want)) {
+			t.Errorf("%s scriptlet is not packaging/scripts/%s:\n%s", scriptlet, file, got[scriptlet])
+		}
+	}
+
+	// Install into a copy of the Debian root, scriptlets and all. No
+	// systemd runs there, so the unit is enabled but not started. The
+	// erase runs `bridge-agent cleanup`, which must touch no real network
+	// namespace: rpm runs in an empty one of its own.
+	root := filepath.Join(dir, "root")
+	copyRoot(ctx, t, debianRoot(ctx, t), root)
+	inOwnNetns := func(args ...string) (string, error) {
+		out, err := exec.CommandContext(ctx, "unshare", append([]string{"--net", "rpm", "--root", root}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := inOwnNetns("-i", "--nodeps", pkg)
+	if err != nil {
+		t.Fatalf("rpm -i --root: %v\n%s", err, out)
+	}
+	t.Logf("rpm -i --root --nodeps:\n%s", out)
+	for _, f := range []string{"usr/bin/bridge-agent", "etc/bridge-agent/config.yaml", "usr/lib/systemd/system/bridge-agent.service",
+		"etc/systemd/system/multi-user.target.wants/bridge-agent.service"} {
+		if _, err := os.Lstat(filepath.Join(root, f)); err != nil {
+			t.Errorf("after rpm -i: %v", err)
+		}
+	}
+	if !strings.Contains(out, "systemd is not running here") {
+		t.Errorf("rpm -i: %%post did not report the missing systemd:\n%s", out)
+	}
+	writeFile(t, filepath.Join(root, "etc", "bridge-agent", "config.yaml"), append(mustRead(t, filepath.Join(root, "etc", "bridge-agent", "config.yaml")), "# edited\n"...), 0o644)
+	out, err = inOwnNetns("-e", "bridge-agent")
+	if err != nil {
+		t.Fatalf("rpm -e --root: %v\n%s", err, out)
+	}
+	t.Logf("rpm -e --root:\n%s", out)
+	for _, f := range []string{"usr/bin/bridge-agent", "usr/lib/systemd/system/bridge-agent.service",
+		"etc/systemd/system/multi-user.target.wants/bridge-agent.service", "var/lib/bridge-agent", "etc/bridge-agent/config.yaml"} {
+		if _, err := os.Lstat(filepath.Join(root, f)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("after rpm -e: %s: %v", f, err)
+		}
+	}
+	// An edited %config(noreplace) file is kept as .rpmsave, RPM's way.
+	if _, err := os.Stat(filepath.Join(root, "etc", "bridge-agent", "config.yaml.rpmsave")); err != nil {
+		t.Errorf("after rpm -e: the edited config was not saved: %v", err)
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestPackageBareBinary installs the bare binary as a tarball user would:
+// `bridge-agent install` writes the packaged unit (ExecStart naming this
+// binary) and the default configuration, `start` and `stop` control it,
+// `uninstall` removes the unit and everything the agent made.
+func TestPackageBareBinary(t *testing.T) {
+	requireTestbed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	vm, pod := startVM(ctx, t, dir, agentBin)
+	vm.run(ctx, t, "install", "-m", "0755", "/root/bridge-agent", "/usr/local/bin/bridge-agent")
+
+	out := vm.run(ctx, t, "bridge-agent", "install")
+	t.Logf("bridge-agent install:\n%s", out)
+	unit := vm.run(ctx, t, "cat", "/etc/systemd/system/bridge-agent.service")
+	want := strings.Replace(systemd.Unit, "ExecStart="+systemd.ExecStart, "ExecStart=/usr/local/bin/bridge-agent run --config /etc/bridge-agent/config.yaml", 1)
+	if unit != want {
+		t.Errorf("installed unit:\n%s\nwant the packaged one with this binary:\n%s", unit, want)
+	}
+	if got := vm.run(ctx, t, "cat", "/etc/bridge-agent/config.yaml"); got != string(packaging.Config) {
+		t.Errorf("install did not write the default configuration:\n%s", got)
+	}
+	if got := unitState(ctx, vm, "is-enabled"); got != "enabled" {
+		t.Errorf("after install: is-enabled %q", got)
+	}
+	if out, err := vm.exec(ctx, "systemd-analyze", "verify", "--man=no", "bridge-agent.service"); err != nil || strings.TrimSpace(string(out)) != "" {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+
+	vm.run(ctx, t, "bridge-agent", "kubeconfig", "--server", tb.APIServerURL, "--token-file", "/root/token", "--ca-file", "/root/ca.crt",
+		"-o", "/etc/bridge-agent/kubeconfig")
+	vm.run(ctx, t, "bridge-agent", "start")
+	waitFor(t, 60*time.Second, "bridge-agent start: active", func() error {
+		if got := unitState(ctx, vm, "is-active"); got != "active" {
+			return fmt.Errorf("is-active %q", got)
+		}
+		return nil
+	})
+	vm.waitReady(ctx, t, "after bridge-agent start")
+	vm.waitByName(ctx, t, "after bridge-agent start", pod.Name)
+
+	vm.run(ctx, t, "bridge-agent", "stop")
+	if got := unitState(ctx, vm, "is-active"); got != "inactive" {
+		t.Errorf("after bridge-agent stop: is-active %q", got)
+	}
+	if rules, err := agentRules(ctx); err != nil || !hasServiceRules(rules) {
+		t.Errorf("after stop the rules are gone (%v):\n%s", err, rules)
+	}
+
+	out = vm.run(ctx, t, "bridge-agent", "uninstall")
+	t.Logf("bridge-agent uninstall:\n%s", out)
+	if out, _ := vm.exec(ctx, "sh", "-c", "ls -d /etc/systemd/system/bridge-agent.service /etc/systemd/system/*/bridge-agent.service /etc/tmpfiles.d/bridge-agent.conf /var/lib/bridge-agent /run/bridge-agent 2>/dev/null; true"); strings.TrimSpace(string(out)) != "" {
+		t.Errorf("after uninstall, files remain:\n%s", out)
+	}
+	if rules, err := agentRules(ctx); err != nil || rules != "" {
+		t.Errorf("after uninstall: rules of ours (%v):\n%s", err, rules)
+	}
+	if routes, err := agentRoutes(ctx); err != nil || routes != "" {
+		t.Errorf("after uninstall: routes of ours (%v):\n%s", err, routes)
+	}
+	if got := vm.run(ctx, t, "cat", "/etc/resolv.conf"); got != testbed.HostResolvConf {
+		t.Errorf("after uninstall: /etc/resolv.conf is\n%s", got)
+	}
+	vm.poweroff(t)
+}
