@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -330,4 +331,77 @@ func sortedCopy(s []string) []string {
 	c := slices.Clone(s)
 	slices.Sort(c)
 	return c
+}
+
+// TestDNSHostResolved: on a host root that runs systemd-resolved, the agent
+// writes a resolved drop-in with routing domains for the cluster's names
+// only, forwards other names to the uplink servers resolved knows, leaves
+// /etc/resolv.conf alone and removes the drop-in when it stops.
+func TestDNSHostResolved(t *testing.T) {
+	requireTestbed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	root := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(root, "run/systemd/resolve"), 0o755))
+	must(os.MkdirAll(filepath.Join(root, "etc"), 0o755))
+	must(os.WriteFile(filepath.Join(root, "run/systemd/resolve/stub-resolv.conf"),
+		[]byte("nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch example.test\n"), 0o644))
+	must(os.WriteFile(filepath.Join(root, "run/systemd/resolve/resolv.conf"),
+		[]byte("nameserver 10.250.0.53\nsearch example.test\n"), 0o644))
+	must(os.Symlink("../run/systemd/resolve/stub-resolv.conf", filepath.Join(root, "etc/resolv.conf")))
+
+	a := newAgent(t, true, func(c *config.Config) {
+		c.HostRoot = root
+		c.DNS.NamespaceDomains = []string{"shop"}
+	})
+	st, err := a.WaitReady(ctx, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropIn := filepath.Join(root, "etc/systemd/resolved.conf.d/bridge-agent.conf")
+	got, err := os.ReadFile(dropIn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := stubServer(a)
+	for _, want := range []string{"[Resolve]\n", "DNS=" + server + "\n", "Domains=~cluster.local ~svc ~shop\n"} {
+		if !strings.Contains(string(got), want) {
+			t.Errorf("drop-in lacks %q:\n%s", want, got)
+		}
+	}
+	if link, err := os.Readlink(filepath.Join(root, "etc/resolv.conf")); err != nil || link != "../run/systemd/resolve/stub-resolv.conf" {
+		t.Errorf("/etc/resolv.conf changed under systemd-resolved: %q %v", link, err)
+	}
+	var dns struct {
+		HostResolver struct {
+			Mode      string   `json:"mode"`
+			Upstreams []string `json:"upstreams"`
+		} `json:"hostResolver"`
+	}
+	for _, c := range st.Consumers {
+		if c.Name == "dns" {
+			must(json.Unmarshal(c.Details, &dns))
+		}
+	}
+	if dns.HostResolver.Mode != "systemd-resolved" || !slices.Equal(dns.HostResolver.Upstreams, []string{"10.250.0.53:53"}) {
+		t.Errorf("host resolver in status: %+v", dns.HostResolver)
+	}
+	if r := dig(ctx, t, server, testbed.UpstreamTestName, "A"); r.Status != "NOERROR" || len(r.Answer) != 1 {
+		t.Errorf("name outside the cluster through resolved's uplink server: %s", r)
+	}
+	if r := dig(ctx, t, server, "kubernetes.default.svc", "A"); r.Status != "NOERROR" || len(r.Answer) != 1 {
+		t.Errorf("kubernetes.default.svc: %s", r)
+	}
+	if err := a.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dropIn); !os.IsNotExist(err) {
+		t.Errorf("drop-in still there after the agent stopped: %v", err)
+	}
 }
