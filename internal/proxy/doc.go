@@ -66,25 +66,28 @@
 // into one private table per family, "ip bridge-agent" and "ip6
 // bridge-agent" (NFTablesTable), where Services and endpoints are only
 // elements of a few maps, so the number of chains does not grow with the
-// number of Services:
+// number of Services. PROTO is tcp, udp or sctp: the maps, sets and chains
+// named with it exist once per protocol.
 //
-//	map service-ips    VIP . proto . port : goto pick-N | goto affinity-C-N-T
-//	map endpoints      VIP . proto . port . index : endpoint . port
-//	map affinity-slots VIP . proto . port . r : goto affinity-tT-i  (r < N: the r-th occupied position i)
-//	set no-endpoints   VIP . proto . port            (rejected)
-//	set hairpin        endpoint . endpoint           (masqueraded)
-//	set affinity       client . VIP . proto . port . position, dynamic, with timeouts
+//	map service-ips          VIP . proto . port : goto pick-N-PROTO | goto affinity-C-N-T-PROTO
+//	map endpoints-PROTO      VIP . port . index : endpoint . port
+//	map affinity-slots-PROTO VIP . port . r : goto affinity-tT-i-PROTO  (r < N: the r-th occupied position i)
+//	set no-endpoints         VIP . proto . port            (rejected)
+//	set hairpin              endpoint . endpoint           (masqueraded)
+//	set affinity-PROTO       client . VIP . port . position, dynamic, with timeouts
 //
 //	nat-output      type nat hook output priority -100 (dstnat)     ─► services
 //	nat-prerouting  type nat hook prerouting priority -100 (dstnat) ─► services
 //	services        [VIP . proto . port @service-ips ─► mark-for-masquerade]
 //	                VIP . proto . port vmap @service-ips
-//	pick-N          dnat to VIP . proto . port . numgen random mod N map @endpoints
-//	affinity-C-N-T  for i < C: client . VIP . proto . port . i @affinity
-//	                           VIP . proto . port . i @endpoints ─► affinity-tT-i
-//	                VIP . proto . port . numgen random mod N vmap @affinity-slots
-//	affinity-tT-i   update @affinity { client . VIP . proto . port . i timeout Ts }
-//	                dnat to VIP . proto . port . i map @endpoints
+//	pick-N-PROTO    dnat to VIP . PROTO port . numgen random mod N map @endpoints-PROTO
+//	affinity-C-N-T-PROTO
+//	                for i < C: client . VIP . PROTO port . i @affinity-PROTO
+//	                           VIP . PROTO port . i @endpoints-PROTO ─► affinity-tT-i-PROTO
+//	                VIP . PROTO port . numgen random mod N vmap @affinity-slots-PROTO
+//	affinity-tT-i-PROTO
+//	                update @affinity-PROTO { client . VIP . PROTO port . i timeout Ts }
+//	                dnat to VIP . PROTO port . i map @endpoints-PROTO
 //	nat-postrouting type nat hook postrouting priority 100 (srcnat):
 //	                masquerade (fully-random) marked packets, clearing the mark;
 //	                masquerade DNATed packets whose source is their endpoint
@@ -92,11 +95,29 @@
 //	                ct state new VIP . proto . port @no-endpoints reject
 //
 // numgen's modulus is a constant of its rule and nft cannot feed one map
-// lookup into another, so there is one chain per distinct endpoint count
-// (pick-N), and for sessionAffinity: ClientIP one per distinct number of
-// positions C, endpoint count N and timeout T, plus one per timeout and
-// position: bounded by the largest endpoint count, shared by all Services,
-// and independent of their number.
+// lookup into another, so there is one chain per protocol and distinct
+// endpoint count (pick-N-PROTO), and for sessionAffinity: ClientIP one per
+// protocol and distinct number of positions C, endpoint count N and timeout
+// T, plus one per protocol, timeout and position: bounded by three times the
+// largest endpoint count, shared by all Services, and independent of their
+// number. Chains are created only for the protocols in use; the per-protocol
+// maps and sets always exist.
+//
+// Why per protocol: service-ips, no-endpoints and hairpin are declared with
+// plain types, and the rules using them read "meta l4proto . th dport",
+// which holds for every protocol and tests none. The maps and sets keyed
+// with a numgen have no such type and must be declared with typeof, naming
+// a protocol's port field ("th dport" there cannot be read back by nft
+// 1.0.6). nft takes a typeof set as the context of every rule that uses it
+// and adds that protocol's implicit test ("meta l4proto tcp") to the rule,
+// depending on when the rule is written: a single map for all protocols
+// made rules written into an existing table (a refill, a new pick chain)
+// match one protocol only. So each protocol has its own maps, declared with
+// its own field, and its own chains, whose rules name that field: the test
+// nft adds is then always the chain's own protocol, which service-ips only
+// sends there anyway, and the rule means the same whenever it is written.
+// The kernel tests check the rules' bytecode (nft --debug=netlink) for
+// this.
 //
 // Session affinity records the client with the endpoint's position. Without
 // affinity, the endpoints of a Service port are numbered 0..N-1 in order.
@@ -106,9 +127,9 @@
 // be free. A recorded client therefore stays on its endpoint while that
 // endpoint exists, as with the iptables backend; a record for a free
 // position is ignored (the @endpoints check) and the client is spread like a
-// new one. The random pick goes through affinity-slots, which lists the N
-// occupied positions of the Service port, so that free positions never get
-// traffic. Positions are state of the backend (kept across syncs and
+// new one. The random pick goes through affinity-slots-PROTO, which lists
+// the N occupied positions of the Service port, so that free positions never
+// get traffic. Positions are state of the backend (kept across syncs and
 // periodic rewrites, not across restarts, which start with a new table).
 //
 // Other firewalls coexist by priority: our DNAT runs at dstnat (-100), so a

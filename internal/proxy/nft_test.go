@@ -41,11 +41,12 @@ func TestRenderNFTablesStats(t *testing.T) {
 	_, got := renderNFT(t, NFTRenderInput{Snapshot: snapshot(testServices()...), Family: IPv4, Masquerade: true})
 	want := NFTRenderStats{
 		Services: 11, ServicePorts: 14, Endpoints: 19, NoEndpoints: 3, Terminating: 1,
-		// 5 base chains, services, mark-for-masquerade, pick-1..3,
-		// affinity-2-2-10800 and affinity-t10800-0..1.
+		// 5 base chains, services, mark-for-masquerade, pick-1-sctp,
+		// pick-1-tcp, pick-2-tcp, pick-2-udp, pick-3-tcp,
+		// affinity-2-2-10800-tcp and affinity-t10800-0..1-tcp.
 		// 11 service-ips, 19 endpoints, 2 affinity-slots, 3 no-endpoints,
 		// 16 hairpin.
-		Chains: 13, Rules: 19, NATRules: 17, FilterRules: 2, Elements: 11 + 19 + 2 + 3 + 16,
+		Chains: 15, Rules: 21, NATRules: 19, FilterRules: 2, Elements: 11 + 19 + 2 + 3 + 16,
 		LocalPolicyIgnored: []cluster.ServiceKey{{Namespace: "ns4", Name: "local"}},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
@@ -230,13 +231,15 @@ func TestNFTablesBackendSync(t *testing.T) {
 	}
 	got := string(x.scripts[len(x.scripts)-1])
 	want := dedent(`
+		add chain ip bridge-agent pick-1-udp
 		delete element ip bridge-agent service-ips { 10.96.0.10 . udp . 53 }
-		delete element ip bridge-agent endpoints { 10.96.0.10 . udp . 53 . 0, 10.96.0.10 . udp . 53 . 1 }
+		delete element ip bridge-agent endpoints-udp { 10.96.0.10 . 53 . 0, 10.96.0.10 . 53 . 1 }
 		delete element ip bridge-agent hairpin { 10.244.1.2 . 10.244.1.2 }
-		flush chain ip bridge-agent pick-2
-		add element ip bridge-agent service-ips { 10.96.0.10 . udp . 53 comment "ns/dns:dns" : goto pick-1 }
-		add element ip bridge-agent endpoints { 10.96.0.10 . udp . 53 . 0 : 10.244.2.2 . 53 }
-		delete chain ip bridge-agent pick-2
+		flush chain ip bridge-agent pick-2-udp
+		add rule ip bridge-agent pick-1-udp dnat ip to ip daddr . udp dport . numgen random mod 1 map @endpoints-udp
+		add element ip bridge-agent service-ips { 10.96.0.10 . udp . 53 comment "ns/dns:dns" : goto pick-1-udp }
+		add element ip bridge-agent endpoints-udp { 10.96.0.10 . 53 . 0 : 10.244.2.2 . 53 }
+		delete chain ip bridge-agent pick-2-udp
 		`)
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("incremental transaction (-want +got):\n%s", diff)
@@ -272,7 +275,7 @@ func TestNFTablesBackendSync(t *testing.T) {
 	// Someone deletes an element and flushes a chain; the periodic full
 	// resync puts them back, without recreating the table.
 	wantDump := x.dump(table)
-	delete(x.tables[table].sets[nftEndpoints].elements, "10.96.0.80 . tcp . 80 . 0")
+	delete(x.tables[table].sets[protoName(nftEndpoints, protoIndex("tcp"))].elements, "10.96.0.80 . 80 . 0")
 	x.tables[table].chains[nftServices].rules = nil
 	clock = clock.Add(2 * time.Hour)
 	n = x.runs

@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -165,6 +166,14 @@ func (tr *nftTracer) concat(toks []string, p packet) ([]value, int, error) {
 		case toks[i] == "th" && i+1 < len(toks) && toks[i+1] == "dport":
 			term = []value{{strconv.Itoa(p.dport), 1}}
 			i += 2
+		case (toks[i] == "tcp" || toks[i] == "udp" || toks[i] == "sctp") && i+1 < len(toks) && toks[i+1] == "dport":
+			// rule fails the whole rule first for another protocol, as
+			// the implicit protocol test nft adds does.
+			if p.proto != toks[i] {
+				return nil, 0, fmt.Errorf("%s dport of a %s packet", toks[i], p.proto)
+			}
+			term = []value{{strconv.Itoa(p.dport), 1}}
+			i += 2
 		case toks[i] == "numgen":
 			if i+3 >= len(toks) || toks[i+1] != "random" || toks[i+2] != "mod" {
 				return nil, 0, fmt.Errorf("numgen: %q", toks[i:])
@@ -225,6 +234,14 @@ func (tr *nftTracer) rule(toks []string, p packet, st nftOutcome) ([]nftOutcome,
 		return []nftOutcome{st}, nil
 	}
 	fail := func() ([]nftOutcome, error) { st.matched = false; return []nftOutcome{st}, nil }
+	if slices.ContainsFunc(toks, func(s string) bool { return s == "tcp" || s == "udp" || s == "sctp" }) {
+		// The implicit protocol test nft puts first in the rule.
+		for i := 0; i+1 < len(toks); i++ {
+			if (toks[i] == "tcp" || toks[i] == "udp" || toks[i] == "sctp") && toks[i+1] == "dport" && toks[i] != p.proto {
+				return fail()
+			}
+		}
+	}
 	mark := func(s string) (uint32, error) {
 		v, err := strconv.ParseUint(s, 0, 32)
 		return uint32(v), err

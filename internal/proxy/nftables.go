@@ -27,10 +27,11 @@ const (
 	nftMarkMasq       = "mark-for-masquerade"
 
 	nftServiceIPs  = "service-ips"
-	nftEndpoints   = "endpoints"
 	nftNoEndpoints = "no-endpoints"
 	nftHairpin     = "hairpin"
-	nftAffinity    = "affinity"
+	// One of each per protocol: endpoints-tcp, affinity-udp (protoName).
+	nftEndpoints = "endpoints"
+	nftAffinity  = "affinity"
 
 	nftPickPrefix     = "pick-"
 	nftAffinityPrefix = "affinity-"
@@ -118,11 +119,13 @@ func nftFamily(f Family) (family, addrType string) {
 //
 // Services and endpoints are only elements of a few maps, so the number of
 // chains does not grow with the number of Services: numgen's modulus must be
-// a constant of its rule, so there is one small chain per distinct endpoint
-// count (pick-N) and, for sessionAffinity: ClientIP, per distinct number of
-// positions, endpoint count and timeout (affinity-C-N-T) and per timeout and
-// position (affinity-tT-I). All of them are shared by every Service with
-// those numbers.
+// a constant of its rule, so there is one small chain per protocol and
+// distinct endpoint count (pick-N-PROTO) and, for sessionAffinity: ClientIP,
+// per protocol and distinct number of positions, endpoint count and timeout
+// (affinity-C-N-T-PROTO) and per protocol, timeout and position
+// (affinity-tT-I-PROTO). All of them are shared by every Service port with
+// those numbers. The maps these chains read are per protocol too (see
+// nftModel.fixed), so that every rule tests only its own protocol.
 //
 // A fresh render numbers the endpoints of a Service port with session
 // affinity in order; the backend keeps their positions across syncs (see
@@ -150,12 +153,25 @@ func fixedIndex(i int) string {
 	return "numgen random mod 1 offset " + strconv.Itoa(i)
 }
 
-func affinityChain(positions, n, timeout int) string {
-	return nftAffinityPrefix + strconv.Itoa(positions) + "-" + strconv.Itoa(n) + "-" + strconv.Itoa(timeout)
+// protoKeyElement is the key of a Service port in the per-protocol maps,
+// without the position: the map's name gives the protocol.
+func protoKeyElement(ip netip.Addr, port int32) string {
+	return ip.String() + " . " + strconv.Itoa(int(port))
 }
 
-func affinityPosChain(timeout, i int) string {
-	return nftAffinityPrefix + "t" + strconv.Itoa(timeout) + "-" + strconv.Itoa(i)
+// pickChain, affinityChain and affinityPosChain name the shared chains of
+// protocol index p (nftProtocols): pick-N-tcp, affinity-C-N-T-tcp,
+// affinity-tT-I-tcp.
+func pickChain(p, n int) string {
+	return protoName(nftPickPrefix+strconv.Itoa(n), p)
+}
+
+func affinityChain(p, positions, n, timeout int) string {
+	return protoName(nftAffinityPrefix+strconv.Itoa(positions)+"-"+strconv.Itoa(n)+"-"+strconv.Itoa(timeout), p)
+}
+
+func affinityPosChain(p, timeout, i int) string {
+	return protoName(nftAffinityPrefix+"t"+strconv.Itoa(timeout)+"-"+strconv.Itoa(i), p)
 }
 
 // compareChainNames orders names with numbers inside numerically, so that

@@ -29,13 +29,15 @@ type nftModel struct {
 	fam     Family
 	opts    NFTRenderInput // Snapshot unused
 	famWord string
-	key     string
+	// key is the key of service-ips and no-endpoints in rules (protocol
+	// and port of any transport header); see protoKey for the others.
+	key string
 
 	groups    map[cluster.ServiceKey]*nftGroup
 	hairpin   map[netip.Addr]int
-	picks     map[int]int    // endpoint count → uses
-	affinity  map[[3]int]int // {positions, count, timeout} → uses
-	posChains map[[2]int]int // {timeout, position} → uses
+	picks     map[[2]int]int // {protocol, endpoint count} → uses
+	affinity  map[[4]int]int // {protocol, positions, count, timeout} → uses
+	posChains map[[3]int]int // {protocol, timeout, position} → uses
 	counts    NFTRenderStats // the per-Service counts, summed
 	elements  int            // elements of all groups (hairpin excepted)
 	static    []NFTChain     // base chains, then services and mark-for-masquerade
@@ -44,32 +46,69 @@ type nftModel struct {
 
 // nftGroup is what one Service contributes to the table.
 type nftGroup struct {
-	// Elements, by set, in the Service's port order.
-	serviceIPs, endpoints, slots, noEndpoints []NFTElement
-	hairpin                                   []netip.Addr // sorted, unique
-	picks                                     []int
-	affinity                                  [][3]int
-	counts                                    NFTRenderStats
-	local                                     bool
+	// Elements, by set, in the Service's port order; endpoints and slots
+	// by protocol (nftProtocols).
+	serviceIPs, noEndpoints []NFTElement
+	endpoints, slots        [nftProtoCount][]NFTElement
+	hairpin                 []netip.Addr // sorted, unique
+	picks                   [][2]int
+	affinity                [][4]int
+	counts                  NFTRenderStats
+	local                   bool
 	// positions holds, per port with session affinity ("name/proto"), the
 	// endpoint at each position; an invalid AddrPort is a free position.
 	positions map[string][]netip.AddrPort
 }
 
+// nftProtocols are the protocols the agent proxies, in the order of their
+// per-protocol maps, sets and chains.
+var nftProtocols = [...]string{"tcp", "udp", "sctp"}
+
+const nftProtoCount = len(nftProtocols)
+
+// protoIndex returns the index in nftProtocols of an nft protocol name.
+func protoIndex(proto string) int {
+	for i, p := range nftProtocols {
+		if p == proto {
+			return i
+		}
+	}
+	panic("nftables: unknown protocol " + proto)
+}
+
 // Indexes of the sets in nftModel.sets and of the per-set lists of a patch.
+// The per-protocol maps and sets take nftProtoCount indexes each, from
+// their first one, in the order of nftProtocols. The sets before
+// nftSetHairpin hold elements of single Services.
 const (
-	nftSetServiceIPs = iota
-	nftSetEndpoints
-	nftSetSlots
-	nftSetNoEndpoints
-	nftSetHairpin
-	nftSetAffinity
-	nftSetCount
+	nftSetServiceIPs  = 0
+	nftSetEndpoints   = 1
+	nftSetSlots       = nftSetEndpoints + nftProtoCount
+	nftSetNoEndpoints = nftSetSlots + nftProtoCount
+	nftSetHairpin     = nftSetNoEndpoints + 1
+	nftSetAffinity    = nftSetHairpin + 1
+	nftSetCount       = nftSetAffinity + nftProtoCount
 )
 
 // nftAffinitySlots maps a Service port's key and a random number below its
-// endpoint count to the chain of one occupied position.
+// endpoint count to the chain of one occupied position (one map per
+// protocol, like endpoints and affinity).
 const nftAffinitySlots = "affinity-slots"
+
+// protoName returns the name of the per-protocol map, set or chain base for
+// protocol index p: "endpoints-tcp", "pick-2-udp".
+func protoName(base string, p int) string {
+	return base + "-" + nftProtocols[p]
+}
+
+// protoKey is the key of the per-protocol maps and sets, without the
+// trailing position: the destination address and port, the port read as
+// the protocol's own field, as in the map's typeof: nft adds the implicit
+// protocol test of a typeof set's fields to the rules that use it, so a
+// rule uses only the maps of the protocol its chain is for.
+func (m *nftModel) protoKey(p int) string {
+	return m.famWord + " daddr . " + nftProtocols[p] + " dport"
+}
 
 // newNFTModel renders the snapshot of in. Positions of endpoints of Service
 // ports with session affinity are taken from prev (nil: numbered in order).
@@ -88,9 +127,9 @@ func newNFTModel(in NFTRenderInput, prev map[cluster.ServiceKey]*nftGroup) (*nft
 		key:       fam + " daddr . meta l4proto . th dport",
 		groups:    map[cluster.ServiceKey]*nftGroup{},
 		hairpin:   map[netip.Addr]int{},
-		picks:     map[int]int{},
-		affinity:  map[[3]int]int{},
-		posChains: map[[2]int]int{},
+		picks:     map[[2]int]int{},
+		affinity:  map[[4]int]int{},
+		posChains: map[[3]int]int{},
 	}
 	m.static, m.sets = m.fixed(addrType)
 	if snap != nil {
@@ -133,19 +172,28 @@ func (m *nftModel) fixed(addrType string) ([]NFTChain, []NFTSet) {
 		{Name: nftServices, Rules: svcRules},
 		{Name: nftMarkMasq, Rules: []string{"meta mark set meta mark | " + mark}},
 	}
-	// The typeof declarations say "udp dport" where the rules read "th
-	// dport" (the same two bytes of every transport header the agent
-	// proxies): nft 1.0.6 cannot read back a typeof that mixes "ip daddr"
-	// and "th dport" ("conflicting protocols specified"), so every later
-	// transaction adding a rule that uses the map would fail.
-	typeofKey := fam + " daddr . meta l4proto . udp dport"
+	// service-ips, no-endpoints and hairpin are declared by type: the rules
+	// using them read "th dport", the same two bytes of every transport
+	// header, with no protocol test. The maps and sets with a numgen in
+	// their key must be declared by typeof (numgen has no fixed-size type
+	// of its own), and nft makes the rules using a typeof set test the
+	// protocol of its fields, whenever they are written: so they are one
+	// per protocol, each declared with that protocol's field and used only
+	// by rules of that protocol's chains. (A single map declared with "th
+	// dport" cannot be read back by nft 1.0.6, and one declared with one
+	// protocol's field restricts rules to that protocol, depending on when
+	// they are written.)
 	sets := make([]NFTSet, nftSetCount)
 	sets[nftSetServiceIPs] = NFTSet{Name: nftServiceIPs, Map: true, Decl: "type " + addrType + " . inet_proto . inet_service : verdict;"}
-	sets[nftSetEndpoints] = NFTSet{Name: nftEndpoints, Map: true, Decl: "typeof " + typeofKey + " . numgen random mod 65536 : " + fam + " daddr . udp dport;"}
-	sets[nftSetSlots] = NFTSet{Name: nftAffinitySlots, Map: true, Decl: "typeof " + typeofKey + " . numgen random mod 65536 : verdict;"}
+	for p := range nftProtoCount {
+		key := m.protoKey(p)
+		proto := nftProtocols[p]
+		sets[nftSetEndpoints+p] = NFTSet{Name: protoName(nftEndpoints, p), Map: true, Decl: "typeof " + key + " . numgen random mod 65536 : " + fam + " daddr . " + proto + " dport;"}
+		sets[nftSetSlots+p] = NFTSet{Name: protoName(nftAffinitySlots, p), Map: true, Decl: "typeof " + key + " . numgen random mod 65536 : verdict;"}
+		sets[nftSetAffinity+p] = NFTSet{Name: protoName(nftAffinity, p), Dynamic: true, Decl: fmt.Sprintf("typeof %s saddr . %s . numgen random mod 65536; flags dynamic,timeout; size %d;", fam, key, nftAffinitySize)}
+	}
 	sets[nftSetNoEndpoints] = NFTSet{Name: nftNoEndpoints, Decl: "type " + addrType + " . inet_proto . inet_service;"}
 	sets[nftSetHairpin] = NFTSet{Name: nftHairpin, Decl: "type " + addrType + " . " + addrType + ";"}
-	sets[nftSetAffinity] = NFTSet{Name: nftAffinity, Dynamic: true, Decl: fmt.Sprintf("typeof %s saddr . %s . numgen random mod 65536; flags dynamic,timeout; size %d;", fam, typeofKey, nftAffinitySize)}
 	return chains, sets
 }
 
@@ -195,16 +243,17 @@ func (m *nftModel) render(svc *cluster.Service, old *nftGroup) *nftGroup {
 		for _, ep := range sel.Endpoints {
 			g.hairpin = append(g.hairpin, ep.Addr)
 		}
+		pi := protoIndex(proto)
 		if timeout == 0 {
 			n := len(sel.Endpoints)
 			g.counts.Endpoints += n
-			g.picks = append(g.picks, n)
-			verdict := "goto " + nftPickPrefix + strconv.Itoa(n)
+			g.picks = append(g.picks, [2]int{pi, n})
+			verdict := "goto " + pickChain(pi, n)
 			for _, ip := range ips {
-				k := svcKey(ip, proto, port.Port)
-				g.serviceIPs = append(g.serviceIPs, NFTElement{Key: k, Value: verdict, Comment: name})
+				g.serviceIPs = append(g.serviceIPs, NFTElement{Key: svcKey(ip, proto, port.Port), Value: verdict, Comment: name})
+				k := protoKeyElement(ip, port.Port)
 				for i, ep := range sel.Endpoints {
-					g.endpoints = append(g.endpoints, NFTElement{Key: k + " . " + strconv.Itoa(i), Value: endpointValue(ep.AddrPort())})
+					g.endpoints[pi] = append(g.endpoints[pi], NFTElement{Key: k + " . " + strconv.Itoa(i), Value: endpointValue(ep.AddrPort())})
 				}
 			}
 			continue
@@ -226,18 +275,18 @@ func (m *nftModel) render(svc *cluster.Service, old *nftGroup) *nftGroup {
 			}
 		}
 		g.counts.Endpoints += n
-		g.affinity = append(g.affinity, [3]int{len(pos), n, timeout})
-		verdict := "goto " + affinityChain(len(pos), n, timeout)
+		g.affinity = append(g.affinity, [4]int{pi, len(pos), n, timeout})
+		verdict := "goto " + affinityChain(pi, len(pos), n, timeout)
 		for _, ip := range ips {
-			k := svcKey(ip, proto, port.Port)
-			g.serviceIPs = append(g.serviceIPs, NFTElement{Key: k, Value: verdict, Comment: name})
+			g.serviceIPs = append(g.serviceIPs, NFTElement{Key: svcKey(ip, proto, port.Port), Value: verdict, Comment: name})
+			k := protoKeyElement(ip, port.Port)
 			r := 0
 			for i, ap := range pos {
 				if !ap.IsValid() {
 					continue
 				}
-				g.endpoints = append(g.endpoints, NFTElement{Key: k + " . " + strconv.Itoa(i), Value: endpointValue(ap)})
-				g.slots = append(g.slots, NFTElement{Key: k + " . " + strconv.Itoa(r), Value: "goto " + affinityPosChain(timeout, i)})
+				g.endpoints[pi] = append(g.endpoints[pi], NFTElement{Key: k + " . " + strconv.Itoa(i), Value: endpointValue(ap)})
+				g.slots[pi] = append(g.slots[pi], NFTElement{Key: k + " . " + strconv.Itoa(r), Value: "goto " + affinityPosChain(pi, timeout, i)})
 				r++
 			}
 		}
@@ -329,8 +378,8 @@ func (m *nftModel) add(k cluster.ServiceKey, g *nftGroup) {
 	}
 	for _, a := range g.affinity {
 		m.affinity[a]++
-		for i := range a[0] {
-			m.posChains[[2]int{a[2], i}]++
+		for i := range a[1] {
+			m.posChains[[3]int{a[0], a[3], i}]++
 		}
 	}
 	m.sumCounts(&g.counts, 1)
@@ -344,25 +393,22 @@ func (m *nftModel) remove(k cluster.ServiceKey) {
 		return
 	}
 	delete(m.groups, k)
-	dec := func(c map[int]int, n int) {
-		if c[n]--; c[n] <= 0 {
-			delete(c, n)
-		}
-	}
 	for _, a := range g.hairpin {
 		if m.hairpin[a]--; m.hairpin[a] <= 0 {
 			delete(m.hairpin, a)
 		}
 	}
 	for _, n := range g.picks {
-		dec(m.picks, n)
+		if m.picks[n]--; m.picks[n] <= 0 {
+			delete(m.picks, n)
+		}
 	}
 	for _, a := range g.affinity {
 		if m.affinity[a]--; m.affinity[a] <= 0 {
 			delete(m.affinity, a)
 		}
-		for i := range a[0] {
-			pc := [2]int{a[2], i}
+		for i := range a[1] {
+			pc := [3]int{a[0], a[3], i}
 			if m.posChains[pc]--; m.posChains[pc] <= 0 {
 				delete(m.posChains, pc)
 			}
@@ -373,18 +419,22 @@ func (m *nftModel) remove(k cluster.ServiceKey) {
 }
 
 func (g *nftGroup) size() int {
-	return len(g.serviceIPs) + len(g.endpoints) + len(g.slots) + len(g.noEndpoints)
+	n := len(g.serviceIPs) + len(g.noEndpoints)
+	for p := range nftProtoCount {
+		n += len(g.endpoints[p]) + len(g.slots[p])
+	}
+	return n
 }
 
 func (g *nftGroup) set(i int) []NFTElement {
-	switch i {
-	case nftSetServiceIPs:
+	switch {
+	case i == nftSetServiceIPs:
 		return g.serviceIPs
-	case nftSetEndpoints:
-		return g.endpoints
-	case nftSetSlots:
-		return g.slots
-	case nftSetNoEndpoints:
+	case i >= nftSetEndpoints && i < nftSetEndpoints+nftProtoCount:
+		return g.endpoints[i-nftSetEndpoints]
+	case i >= nftSetSlots && i < nftSetSlots+nftProtoCount:
+		return g.slots[i-nftSetSlots]
+	case i == nftSetNoEndpoints:
 		return g.noEndpoints
 	}
 	return nil
@@ -402,31 +452,34 @@ func (m *nftModel) sumCounts(c *NFTRenderStats, sign int) {
 // chains returns the chains of the model: base chains, then regular ones by
 // name.
 func (m *nftModel) chains() []NFTChain {
-	fam, key := m.famWord, m.key
+	fam := m.famWord
 	out := slices.Clone(m.static[:5])
 	regular := slices.Clone(m.static[5:])
-	for n := range m.picks {
-		regular = append(regular, NFTChain{Name: nftPickPrefix + strconv.Itoa(n), Rules: []string{
-			"dnat " + fam + " to " + key + " . numgen random mod " + strconv.Itoa(n) + " map @" + nftEndpoints,
+	for pn := range m.picks {
+		p, n := pn[0], pn[1]
+		regular = append(regular, NFTChain{Name: pickChain(p, n), Rules: []string{
+			"dnat " + fam + " to " + m.protoKey(p) + " . numgen random mod " + strconv.Itoa(n) + " map @" + protoName(nftEndpoints, p),
 		}})
 	}
 	for a := range m.affinity {
-		c, n, t := a[0], a[1], a[2]
+		p, c, n, t := a[0], a[1], a[2], a[3]
+		key := m.protoKey(p)
 		rules := make([]string, 0, c+1)
 		for i := range c {
 			// A client recorded for position i goes there again, as long
 			// as an endpoint holds it.
 			rules = append(rules, fmt.Sprintf("%s saddr . %s . %s @%s %s . %s @%s goto %s",
-				fam, key, fixedIndex(i), nftAffinity, key, fixedIndex(i), nftEndpoints, affinityPosChain(t, i)))
+				fam, key, fixedIndex(i), protoName(nftAffinity, p), key, fixedIndex(i), protoName(nftEndpoints, p), affinityPosChain(p, t, i)))
 		}
-		rules = append(rules, fmt.Sprintf("%s . numgen random mod %d vmap @%s", key, n, nftAffinitySlots))
-		regular = append(regular, NFTChain{Name: affinityChain(c, n, t), Rules: rules})
+		rules = append(rules, fmt.Sprintf("%s . numgen random mod %d vmap @%s", key, n, protoName(nftAffinitySlots, p)))
+		regular = append(regular, NFTChain{Name: affinityChain(p, c, n, t), Rules: rules})
 	}
-	for ti := range m.posChains {
-		t, i := ti[0], ti[1]
-		regular = append(regular, NFTChain{Name: affinityPosChain(t, i), Rules: []string{
-			fmt.Sprintf("update @%s { %s saddr . %s . %s timeout %ds }", nftAffinity, fam, key, fixedIndex(i), t),
-			fmt.Sprintf("dnat %s to %s . %s map @%s", fam, key, fixedIndex(i), nftEndpoints),
+	for pti := range m.posChains {
+		p, t, i := pti[0], pti[1], pti[2]
+		key := m.protoKey(p)
+		regular = append(regular, NFTChain{Name: affinityPosChain(p, t, i), Rules: []string{
+			fmt.Sprintf("update @%s { %s saddr . %s . %s timeout %ds }", protoName(nftAffinity, p), fam, key, fixedIndex(i), t),
+			fmt.Sprintf("dnat %s to %s . %s map @%s", fam, key, fixedIndex(i), protoName(nftEndpoints, p)),
 		}})
 	}
 	slices.SortFunc(regular, func(a, b NFTChain) int { return compareChainNames(a.Name, b.Name) })
