@@ -228,7 +228,8 @@ func TestSnapshotFollowsCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !strings.Contains(string(out), ": ready") || !strings.Contains(string(out), "kube-system/kube-dns") ||
-		!strings.Contains(string(out), "Proxy: iptables (") || !strings.Contains(string(out), "IPv4: ") {
+		!(strings.Contains(string(out), "Proxy: nftables\n") || strings.Contains(string(out), "Proxy: iptables (")) ||
+		!strings.Contains(string(out), "IPv4: ") || !strings.Contains(string(out), "DNS stub on "+a.Config.DNS.ListenAddress) {
 		t.Errorf("status text:\n%s", out)
 	}
 

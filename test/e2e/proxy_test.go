@@ -189,14 +189,17 @@ func forEachMode(t *testing.T, ns string, test func(t *testing.T, m proxyMode, n
 }
 
 // dnatTargets counts the endpoint translations the backend holds in the VM:
-// DNAT rules for iptables, elements of the endpoints maps for nftables.
+// DNAT rules for iptables, elements of the endpoints maps (one per
+// protocol) for nftables.
 func (m proxyMode) dnatTargets(ctx context.Context, t *testing.T) int {
 	t.Helper()
 	if m.mode == "nftables" {
 		n := 0
 		for _, fam := range []string{"ip", "ip6"} {
-			out := vmExec(ctx, t, "nft", "list", "map", fam, "bridge-agent", "endpoints")
-			n += strings.Count(out, " : ")
+			for _, proto := range []string{"tcp", "udp", "sctp"} {
+				out := vmExec(ctx, t, "nft", "list", "map", fam, "bridge-agent", "endpoints-"+proto)
+				n += strings.Count(out, " : ")
+			}
 		}
 		return n
 	}
