@@ -10,11 +10,11 @@ import (
 	"io"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/bridge-agent/bridge-agent/internal/atomicfile"
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
 	"github.com/bridge-agent/bridge-agent/internal/version"
 )
@@ -85,7 +85,7 @@ func kubeconfigCmd(args []string, stdout, stderr io.Writer) int {
 		_, _ = stdout.Write(data)
 		return 0
 	}
-	if err := writeFile0600(*out, data); err != nil {
+	if err := atomicfile.WriteFile(*out, data, 0o600); err != nil {
 		fmt.Fprintf(stderr, "bridge-agent: kubeconfig: %v\n", err)
 		return 1
 	}
@@ -197,31 +197,6 @@ func checkPEMCertificates(data []byte) error {
 		return errors.New("empty")
 	}
 	return nil
-}
-
-// writeFile0600 replaces path with data, readable by its owner only.
-func writeFile0600(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }
 
 // checkCredentials loads and validates the configuration at path (default

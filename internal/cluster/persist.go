@@ -9,9 +9,10 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"time"
+
+	"github.com/bridge-agent/bridge-agent/internal/atomicfile"
 )
 
 // snapshotFormat is the version of the saved snapshot's layout. A file of
@@ -58,7 +59,7 @@ func SaveSnapshot(path string, snap *Snapshot, now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("save snapshot: %w", err)
 	}
-	if err := writeFileAtomic(path, out, 0o600); err != nil {
+	if err := atomicfile.WriteFile(path, out, 0o600); err != nil {
 		return fmt.Errorf("save snapshot: %w", err)
 	}
 	return nil
@@ -130,40 +131,4 @@ func LoadSnapshot(path string) (*Snapshot, error) {
 	}
 	slices.SortFunc(snap.ServiceCIDRs, comparePrefixes)
 	return snap, nil
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
 }
