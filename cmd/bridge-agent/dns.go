@@ -5,7 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
+	"sync"
+	"time"
 
+	"github.com/bridge-agent/bridge-agent/internal/cluster"
 	"github.com/bridge-agent/bridge-agent/internal/config"
 	"github.com/bridge-agent/bridge-agent/internal/dnsstub"
 	"github.com/bridge-agent/bridge-agent/internal/hostdns"
@@ -15,19 +19,79 @@ import (
 // did to the host's resolver for its status.
 type dnsConsumer struct {
 	*dnsstub.Server
-	host *hostdns.Result
 	opts hostdns.Options
+	log  *slog.Logger
+	// every is how often Sync checks the host resolver's wiring again.
+	every time.Duration
+	// ownUpstreams is true when dns.upstreams names the upstreams;
+	// otherwise they follow the host's resolver configuration.
+	ownUpstreams bool
+
+	mu        sync.Mutex
+	host      *hostdns.Result
+	upstreams []netip.AddrPort
+	applied   time.Time
+	applyErr  string
 }
 
 // dnsStatus is the "dns" consumer's status details.
 type dnsStatus struct {
 	Stub         any             `json:"stub"`
 	HostResolver *hostdns.Result `json:"hostResolver,omitempty"`
+	// HostResolverError is why the last check of the wiring failed.
+	HostResolverError string `json:"hostResolverError,omitempty"`
 }
 
 // Status reports the stub and the host resolver's wiring.
 func (c *dnsConsumer) Status() any {
-	return dnsStatus{Stub: c.Server.Status(), HostResolver: c.host}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return dnsStatus{Stub: c.Server.Status(), HostResolver: c.host, HostResolverError: c.applyErr}
+}
+
+// Sync gives the stub the new snapshot and, every so often, checks the host
+// resolver's wiring again: a DHCP client or an admin may have rewritten
+// resolv.conf (it is wired again, the new file taken as the original) or
+// changed the host's resolvers (the stub follows them).
+func (c *dnsConsumer) Sync(ctx context.Context, snap *cluster.Snapshot) error {
+	if err := c.Server.Sync(ctx, snap); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	due := time.Since(c.applied) >= c.every
+	c.mu.Unlock()
+	if due {
+		c.rewire(ctx)
+	}
+	return nil
+}
+
+// rewire applies the host resolver's wiring again. A failure is logged and
+// shown in status; the stub keeps answering either way.
+func (c *dnsConsumer) rewire(ctx context.Context) {
+	res, err := hostdns.Apply(ctx, c.opts)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.applied = time.Now()
+	if err != nil {
+		if c.applyErr != err.Error() {
+			c.log.Error("dns: cannot wire the host resolver; will retry", "err", err)
+		}
+		c.applyErr = err.Error()
+		return
+	}
+	c.applyErr = ""
+	for _, n := range res.Notes {
+		if c.host == nil || !slices.Contains(c.host.Notes, n) {
+			c.log.Warn("dns: host resolver", "note", n)
+		}
+	}
+	c.host = res
+	if !c.ownUpstreams && len(res.Upstreams) > 0 && !slices.Equal(res.Upstreams, c.upstreams) {
+		c.log.Info("dns: the host's resolvers changed", "from", c.upstreams, "to", res.Upstreams)
+		c.upstreams = res.Upstreams
+		c.Server.SetUpstreams(res.Upstreams)
+	}
 }
 
 // startDNS starts the stub, then points the host's resolver at it: in that
@@ -88,7 +152,8 @@ func startDNS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*dnsCo
 	for _, n := range res.Notes {
 		log.Warn("dns: host resolver", "note", n)
 	}
-	if len(upstreams) == 0 {
+	own := len(upstreams) > 0
+	if !own {
 		// The host's own resolvers, as they were before the agent wired
 		// the host to the stub.
 		upstreams = res.Upstreams
@@ -99,7 +164,10 @@ func startDNS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*dnsCo
 	}
 	log.Info("dns: stub listening, host resolver wired", "addr", listen, "upstreams", upstreams,
 		"mode", res.Mode, "reason", res.Reason, "files", res.Files)
-	return &dnsConsumer{Server: stub, host: res, opts: hopts}, nil
+	return &dnsConsumer{
+		Server: stub, opts: hopts, log: log, every: cfg.Proxy.SyncPeriod.Duration, ownUpstreams: own,
+		host: res, upstreams: upstreams, applied: time.Now(),
+	}, nil
 }
 
 // stop undoes the host resolver's wiring, then stops the stub: a host left

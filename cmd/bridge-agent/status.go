@@ -257,8 +257,9 @@ func printDNS(w io.Writer, st *daemon.Status) {
 			continue
 		}
 		var ds struct {
-			Stub         dnsstub.Status  `json:"stub"`
-			HostResolver *hostdns.Result `json:"hostResolver"`
+			Stub              dnsstub.Status  `json:"stub"`
+			HostResolver      *hostdns.Result `json:"hostResolver"`
+			HostResolverError string          `json:"hostResolverError"`
 		}
 		if err := json.Unmarshal(c.Details, &ds); err != nil {
 			fmt.Fprintf(w, "\nDNS: cannot decode: %v\n", err)
@@ -292,6 +293,9 @@ func printDNS(w io.Writer, st *daemon.Status) {
 		if ds.HostResolver != nil {
 			fmt.Fprintln(w, "Host resolver:")
 			ds.HostResolver.WriteText(w)
+		}
+		if ds.HostResolverError != "" {
+			fmt.Fprintf(w, "  error: %s\n", ds.HostResolverError)
 		}
 	}
 }

@@ -95,7 +95,11 @@ func TestDNS(t *testing.T) {
 		Spec:       v1.ServiceSpec{Type: v1.ServiceTypeExternalName, ExternalName: "www.example.test"},
 	})
 
-	a := newAgent(t, true, func(c *config.Config) { c.DNS.Timeout.Duration = 500 * time.Millisecond })
+	a := newAgent(t, true, func(c *config.Config) {
+		c.DNS.Timeout.Duration = 500 * time.Millisecond
+		c.Proxy.SyncPeriod.Duration = 2 * time.Second // how often the resolver wiring is checked
+	})
+	original := testbed.HostResolvConf
 	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -249,6 +253,48 @@ func TestDNS(t *testing.T) {
 		}
 	})
 
+	t.Run("a DHCP client rewrites resolv.conf: wired again, new resolvers followed", func(t *testing.T) {
+		path := filepath.Join(a.HostRoot, "etc", "resolv.conf")
+		dhcp := "# written by the DHCP client\nsearch example.test\nnameserver fd00:250::53\n"
+		if err := os.WriteFile(path+".dhcp", []byte(dhcp), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(path+".dhcp", path); err != nil {
+			t.Fatal(err)
+		}
+		original = dhcp
+		took := waitFor(t, 10*time.Second, "resolv.conf wired again", func() error {
+			got, err := os.ReadFile(path)
+			if err != nil || !strings.Contains(string(got), "nameserver "+server+"\n") {
+				return fmt.Errorf("%q %v", got, err)
+			}
+			return nil
+		})
+		t.Logf("resolv.conf rewritten by someone else: wired again after %s", took.Round(time.Millisecond))
+		st, err := a.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ds struct {
+			Stub struct {
+				Upstreams []string `json:"upstreams"`
+			} `json:"stub"`
+		}
+		for _, c := range st.Consumers {
+			if c.Name == "dns" {
+				if err := json.Unmarshal(c.Details, &ds); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if !slices.Equal(ds.Stub.Upstreams, []string{"[fd00:250::53]:53"}) {
+			t.Errorf("stub upstreams after the DHCP rewrite: %v, want [[fd00:250::53]:53]", ds.Stub.Upstreams)
+		}
+		if r := dig(ctx, t, server, "www2.example.test", "A"); r.Status != "NXDOMAIN" {
+			t.Errorf("forwarded over the new (IPv6) resolver: %s, want the upstream's NXDOMAIN", r)
+		}
+	})
+
 	t.Run("restarted while the API server is down: answers from the saved snapshot", func(t *testing.T) {
 		if err := a.Stop(); err != nil {
 			t.Fatal(err)
@@ -301,8 +347,8 @@ func TestDNS(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if string(got) != testbed.HostResolvConf {
-			t.Errorf("resolv.conf after cleanup:\n%s\nwant the original:\n%s", got, testbed.HostResolvConf)
+		if string(got) != original {
+			t.Errorf("resolv.conf after cleanup:\n%s\nwant the original:\n%s", got, original)
 		}
 	})
 }
