@@ -799,3 +799,56 @@ func testProxyMultiPort(t *testing.T, m proxyMode, ns string) {
 		}
 	}
 }
+
+// TestProxyModeSwitch: an agent restarted in the other proxy mode takes over
+// the Services and removes the first backend's rules once its own are in
+// place; the Service answers throughout.
+func TestProxyModeSwitch(t *testing.T) {
+	requireTestbed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	serviceRoutes(ctx, t)
+	const ns = "switch"
+	sel := map[string]string{"app": "switch"}
+	createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: "sw-1", Node: 1, Labels: sel,
+		Ports: []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}, Ready: true})
+	svc := createService(ctx, t, ns, "sw", v1.ProtocolTCP, 80, "http", sel)
+	addr := net.JoinHostPort(svc.Spec.ClusterIPs[0], "80")
+
+	ours := func() (iptables, nftables bool) {
+		for _, save := range []string{"iptables-legacy-save", "iptables-nft-save", "ip6tables-legacy-save", "ip6tables-nft-save"} {
+			if strings.Contains(vmExec(ctx, t, save), "BRIDGE-") {
+				iptables = true
+			}
+		}
+		return iptables, strings.Contains(vmExec(ctx, t, "nft", "list", "tables"), "bridge-agent")
+	}
+	var prev *testbed.Agent
+	for i, m := range []proxyMode{
+		{name: "iptables", mode: "iptables", variant: "legacy"},
+		{name: "nftables", mode: "nftables"},
+		{name: "iptables", mode: "iptables", variant: "nft"},
+	} {
+		if prev != nil {
+			if err := prev.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := askTCP(ctx, addr); err != nil {
+				t.Errorf("step %d: Service down while no agent runs: %v", i, err)
+			}
+		}
+		a := newAgent(t, true, m.configure)
+		if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 20*time.Second, m.name+": Service answers", func() error { _, err := askTCP(ctx, addr); return err })
+		waitFor(t, 5*time.Second, m.name+": only its own rules left", func() error {
+			ipt, nft := ours()
+			if ipt != (m.mode == "iptables") || nft != (m.mode == "nftables") {
+				return fmt.Errorf("iptables rules of ours: %v, nftables table: %v", ipt, nft)
+			}
+			return nil
+		})
+		prev = a
+	}
+}
