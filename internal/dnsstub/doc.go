@@ -41,7 +41,8 @@
 // host's upstream resolvers, in order with failover. Forwarded answers are
 // cached (bounded LRU, TTL-respecting, positive and negative) and served
 // stale (RFC 8767) when every upstream fails. Answers from the zone are not
-// cached.
+// cached: over UDP the stub keeps their packed form, per question as
+// asked, only until the next zone swaps in (fastpath.go).
 //
 // The stub refuses queries from sources other than loopback and its own
 // listen address, limits in-flight queries per client, detects forwarding

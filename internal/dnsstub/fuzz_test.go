@@ -1,6 +1,7 @@
 package dnsstub
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net/netip"
 	"testing"
@@ -112,6 +113,10 @@ func FuzzQuery(f *testing.F) {
 		serveRaw(s, w, raw)
 		if n := s.panics.Load(); n != 0 {
 			t.Fatalf("the handler panicked (%d) on %x", n, raw)
+		}
+		// The UDP fast path, when it answers, answers as the handler did.
+		if fast := s.answerFast(&fastReader{s: s}, raw, netip.MustParseAddr("127.0.0.1")); fast != nil && !bytes.Equal(fast, w.wire) {
+			t.Fatalf("fast path reply to %x differs from the handler's:\nfast: %x\nslow: %x", raw, fast, w.wire)
 		}
 		if w.msg == nil {
 			return

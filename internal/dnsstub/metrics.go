@@ -1,6 +1,8 @@
 package dnsstub
 
 import (
+	"sync/atomic"
+
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -29,14 +31,17 @@ const (
 )
 
 type metrics struct {
-	queries      *prometheus.CounterVec
-	cacheHits    prometheus.Counter
-	cacheMisses  prometheus.Counter
-	forward      *prometheus.HistogramVec
-	upstreamErrs *prometheus.CounterVec
-	zoneRecords  prometheus.Gauge
-	clientLimit  prometheus.Counter
-	loops        prometheus.Counter
+	queries *prometheus.CounterVec
+	// queryCounters are the series of queries, resolved once on first
+	// use: counting a query is then an atomic add, with no label lookup.
+	queryCounters [len(countedTypeList) + 1][len(resultList)]atomic.Pointer[prometheus.Counter]
+	cacheHits     prometheus.Counter
+	cacheMisses   prometheus.Counter
+	forward       *prometheus.HistogramVec
+	upstreamErrs  *prometheus.CounterVec
+	zoneRecords   prometheus.Gauge
+	clientLimit   prometheus.Counter
+	loops         prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -83,18 +88,99 @@ func (s *Server) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.queries, m.cacheHits, m.cacheMisses, m.forward, m.upstreamErrs, m.zoneRecords, m.clientLimit, m.loops}
 }
 
-// countedTypes bounds the type label: other types are counted as "other".
-var countedTypes = map[uint16]bool{
-	dns.TypeA: true, dns.TypeAAAA: true, dns.TypeSRV: true, dns.TypePTR: true, dns.TypeCNAME: true,
-	dns.TypeTXT: true, dns.TypeMX: true, dns.TypeNS: true, dns.TypeSOA: true, dns.TypeANY: true,
-	dns.TypeHTTPS: true, dns.TypeSVCB: true, dns.TypeDS: true, dns.TypeDNSKEY: true, dns.TypeCAA: true,
+// countedTypeList bounds the type label: other types are counted as
+// "other".
+var countedTypeList = [...]uint16{
+	dns.TypeA, dns.TypeAAAA, dns.TypeSRV, dns.TypePTR, dns.TypeCNAME,
+	dns.TypeTXT, dns.TypeMX, dns.TypeNS, dns.TypeSOA, dns.TypeANY,
+	dns.TypeHTTPS, dns.TypeSVCB, dns.TypeDS, dns.TypeDNSKEY, dns.TypeCAA,
+}
+
+// resultList are the values of the result label.
+var resultList = [...]string{
+	resultAnswered, resultNXDomain, resultNoData, resultForwarded, resultCached, resultStale,
+	resultServfail, resultRefused, resultFormErr, resultBadVers, resultNotImp, resultLoop,
+}
+
+// typeIndex is t's place in countedTypeList, len(countedTypeList) for
+// "other".
+func typeIndex(t uint16) int {
+	switch t {
+	case dns.TypeA:
+		return 0
+	case dns.TypeAAAA:
+		return 1
+	case dns.TypeSRV:
+		return 2
+	case dns.TypePTR:
+		return 3
+	case dns.TypeCNAME:
+		return 4
+	case dns.TypeTXT:
+		return 5
+	case dns.TypeMX:
+		return 6
+	case dns.TypeNS:
+		return 7
+	case dns.TypeSOA:
+		return 8
+	case dns.TypeANY:
+		return 9
+	case dns.TypeHTTPS:
+		return 10
+	case dns.TypeSVCB:
+		return 11
+	case dns.TypeDS:
+		return 12
+	case dns.TypeDNSKEY:
+		return 13
+	case dns.TypeCAA:
+		return 14
+	}
+	return len(countedTypeList)
 }
 
 func typeLabel(t uint16) string {
-	if countedTypes[t] {
-		return dns.TypeToString[t]
+	if i := typeIndex(t); i < len(countedTypeList) {
+		return dns.TypeToString[countedTypeList[i]]
 	}
 	return "other"
+}
+
+// resultIndex is r's place in resultList, -1 for a result not listed.
+func resultIndex(r string) int {
+	for i, v := range resultList {
+		if v == r {
+			return i
+		}
+	}
+	return -1
+}
+
+// countQuery counts one query in queries_total{type,result}.
+func (m *metrics) countQuery(qtype uint16, result string) {
+	ri := resultIndex(result)
+	if ri < 0 {
+		m.queries.WithLabelValues(typeLabel(qtype), result).Inc()
+		return
+	}
+	m.countQueryIndex(typeIndex(qtype), ri)
+}
+
+// countQueryIndex counts one query by the indexes of its labels.
+func (m *metrics) countQueryIndex(ti, ri int) {
+	slot := &m.queryCounters[ti][ri]
+	c := slot.Load()
+	if c == nil {
+		label := "other"
+		if ti < len(countedTypeList) {
+			label = dns.TypeToString[countedTypeList[ti]]
+		}
+		cc := m.queries.WithLabelValues(label, resultList[ri])
+		c = &cc
+		slot.Store(c)
+	}
+	(*c).Inc()
 }
 
 func counterValue(c prometheus.Counter) uint64 {

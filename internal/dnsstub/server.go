@@ -55,8 +55,9 @@ type Server struct {
 	loopsSeen map[string]bool
 	lastErrs  []ForwardError
 
-	cmu      sync.Mutex // guards the per-query maps below
-	clients  map[netip.Addr]int
+	clients *limiter // queries in flight per client
+
+	cmu      sync.Mutex // guards the map below
 	inflight map[inflightKey]string
 }
 
@@ -85,7 +86,7 @@ func New(o Options) (*Server, error) {
 		now:       time.Now,
 		looping:   map[netip.AddrPort]bool{},
 		loopsSeen: map[string]bool{},
-		clients:   map[netip.Addr]int{},
+		clients:   newLimiter(o.MaxPerClient),
 		inflight:  map[inflightKey]string{},
 	}
 	for _, n := range o.NamespaceDomains {
@@ -138,12 +139,16 @@ func (s *Server) Start() error {
 	}
 	s.addr.Store(&bound)
 	s.udp = &dns.Server{
-		PacketConn:    pc,
-		Handler:       s,
-		MsgAcceptFunc: acceptMsg,
-		UDPSize:       dns.MaxMsgSize,
-		ReadTimeout:   ioTimeout,
-		WriteTimeout:  ioTimeout,
+		// Not a *net.UDPConn: the server reads through fastReader
+		// (ReadPacketConn), which answers what it can at once and hands
+		// the rest on.
+		PacketConn:     fastConn{pc.(*net.UDPConn)},
+		DecorateReader: s.fastReader,
+		Handler:        s,
+		MsgAcceptFunc:  acceptMsg,
+		UDPSize:        dns.MaxMsgSize,
+		ReadTimeout:    ioTimeout,
+		WriteTimeout:   ioTimeout,
 	}
 	s.tcp = &dns.Server{
 		Listener:      &limitListener{Listener: ln, sem: make(chan struct{}, maxTCPConns)},
@@ -273,23 +278,9 @@ func (s *Server) allowed(src netip.Addr) bool {
 	return src.IsLoopback() || (src.IsValid() && src == s.Addr().Addr().Unmap())
 }
 
-func (s *Server) acquire(src netip.Addr) bool {
-	s.cmu.Lock()
-	defer s.cmu.Unlock()
-	if s.clients[src] >= s.opts.MaxPerClient {
-		return false
-	}
-	s.clients[src]++
-	return true
-}
+func (s *Server) acquire(src netip.Addr) bool { return s.clients.acquire(src) }
 
-func (s *Server) release(src netip.Addr) {
-	s.cmu.Lock()
-	defer s.cmu.Unlock()
-	if s.clients[src]--; s.clients[src] <= 0 {
-		delete(s.clients, src)
-	}
-}
+func (s *Server) release(src netip.Addr) { s.clients.release(src) }
 
 func (s *Server) trackInflight(k inflightKey, upstream string, add bool) {
 	s.cmu.Lock()
@@ -352,12 +343,12 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 			m := new(dns.Msg)
 			m.SetRcode(req, dns.RcodeServerFailure)
 			_ = w.WriteMsg(m)
-			s.metrics.queries.WithLabelValues(typeLabel(qtype), resultServfail).Inc()
+			s.metrics.countQuery(qtype, resultServfail)
 		}
 	}()
 	src, tcp := remoteAddr(w)
 	m, result := s.handle(src, tcp, req)
-	s.metrics.queries.WithLabelValues(typeLabel(qtype), result).Inc()
+	s.metrics.countQuery(qtype, result)
 	if m == nil {
 		return
 	}
@@ -444,20 +435,7 @@ func (s *Server) resolve(ctx context.Context, req *dns.Msg, q dns.Question) (*dn
 		if z == nil {
 			return rcodeReply(req, dns.RcodeServerFailure), resultServfail
 		}
-		a := z.lookup(q.Name, canonical, apex, q.Qtype)
-		m := rcodeReply(req, a.rcode)
-		m.Authoritative = true
-		m.Answer, m.Ns, m.Extra = a.answer, a.ns, a.extra
-		if a.chase != "" {
-			s.chase(ctx, z, m, a.chase, q.Qtype, req.RecursionDesired, do, req.CheckingDisabled, name)
-		}
-		switch {
-		case m.Rcode == dns.RcodeNameError:
-			return m, resultNXDomain
-		case len(m.Answer) == 0:
-			return m, resultNoData
-		}
-		return m, resultAnswered
+		return s.answerZone(ctx, z, req, q, name, canonical, apex, do)
 	case classReverse:
 		if z != nil && q.Qtype == dns.TypePTR {
 			if rrs, ok := z.lookupPTR(q.Name, name); ok {
@@ -476,6 +454,25 @@ func (s *Server) resolve(ctx context.Context, req *dns.Msg, q dns.Question) (*dn
 	default:
 		return s.relay(ctx, req, q, kindHost, hostTargets(*s.upstreams.Load()))
 	}
+}
+
+// answerZone answers q, a name of the zone z (name in lower case),
+// chasing an ExternalName's CNAME.
+func (s *Server) answerZone(ctx context.Context, z *zone, req *dns.Msg, q dns.Question, name, canonical, apex string, do bool) (*dns.Msg, string) {
+	a := z.lookup(q.Name, canonical, apex, q.Qtype)
+	m := rcodeReply(req, a.rcode)
+	m.Authoritative = true
+	m.Answer, m.Ns, m.Extra = a.answer, a.ns, a.extra
+	if a.chase != "" {
+		s.chase(ctx, z, m, a.chase, q.Qtype, req.RecursionDesired, do, req.CheckingDisabled, name)
+	}
+	switch {
+	case m.Rcode == dns.RcodeNameError:
+		return m, resultNXDomain
+	case len(m.Answer) == 0:
+		return m, resultNoData
+	}
+	return m, resultAnswered
 }
 
 // relay forwards q and turns the upstream's reply into ours.
@@ -566,9 +563,17 @@ func (s *Server) chase(ctx context.Context, z *zone, m *dns.Msg, next string, qt
 // advertised size with, the protocol maximum over TCP), adds our OPT when
 // the client sent one, and sends it.
 func (s *Server) writeReply(w dns.ResponseWriter, req, m *dns.Msg, tcp bool) {
+	fitReply(req, m, tcp)
+	if err := w.WriteMsg(m); err != nil {
+		s.log.Debug("dns stub write failed", "err", err)
+	}
+}
+
+// fitReply is writeReply's work before packing.
+func fitReply(req, m *dns.Msg, tcp bool) {
 	size := dns.MinMsgSize
 	if opt := req.IsEdns0(); opt != nil {
-		size = min(max(int(opt.UDPSize()), dns.MinMsgSize), maxClientSize)
+		size = clientSize(opt.UDPSize())
 		if m.IsEdns0() == nil {
 			m.SetEdns0(ourUDPSize, opt.Do())
 		}
@@ -577,9 +582,12 @@ func (s *Server) writeReply(w dns.ResponseWriter, req, m *dns.Msg, tcp bool) {
 		size = dns.MaxMsgSize
 	}
 	m.Truncate(size)
-	if err := w.WriteMsg(m); err != nil {
-		s.log.Debug("dns stub write failed", "err", err)
-	}
+}
+
+// clientSize is the UDP reply size a client advertising size (EDNS0)
+// gets: at least 512 bytes, at most maxClientSize.
+func clientSize(size uint16) int {
+	return min(max(int(size), dns.MinMsgSize), maxClientSize)
 }
 
 // limitListener bounds the TCP connections served at once; over the

@@ -42,6 +42,9 @@ type zone struct {
 	// kubeDNSIPs are kube-dns's ClusterIPs, glue for the apex NS.
 	kubeDNSIPs []netip.Addr
 	records    int
+	// replies are the packed UDP replies of this zone's answers, by
+	// question as asked (see fastpath.go); a new zone starts empty.
+	replies *replyCache
 }
 
 // node is one name of the zone. A node without records is an empty
@@ -101,6 +104,7 @@ func buildZone(snap *cluster.Snapshot, domain string, ttl uint32) *zone {
 		version: snap.Version,
 		names:   make(map[string]*node, 3*len(snap.Services)+4),
 		ptr:     map[string][]string{},
+		replies: newReplyCache(replyCacheGeneration),
 	}
 	z.names[domain] = &node{apex: true}
 	z.names["svc."+domain] = &node{}
