@@ -79,17 +79,6 @@ func udpServicePorts(snap *cluster.Snapshot, fam Family, zone string) map[netip.
 	return out
 }
 
-// clearStaleConntrack deletes the UDP entries that the change from prev to
-// next made stale: flows to endpoints no longer used, and flows recorded
-// while a Service port had no endpoints (0 → N). Without a previous state
-// (first sync) there is nothing known to be stale.
-func (p *IPTables) clearStaleConntrack(fam Family, prev, next *appliedState) {
-	if prev == nil {
-		return
-	}
-	clearStaleUDP(p.conntrack, p.log, prev.udp, next.udp)
-}
-
 // clearStaleUDP deletes the UDP entries made stale by the change from the
 // service ports prev to next (both as returned by udpServicePorts).
 func clearStaleUDP(ct conntrackCleaner, log *slog.Logger, prev, next map[netip.AddrPort][]netip.AddrPort) {

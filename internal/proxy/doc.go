@@ -56,6 +56,22 @@
 // touched, so the payloads coexist with docker, firewalld or kube-proxy rules;
 // other chains with our prefix are removed only by cleanup.
 //
+// Syncs are full or partial, as kube-proxy's. A full sync (the first, the
+// first after a failed write, and one every FullSyncPeriod) checks the jumps,
+// lists the chains of both tables with iptables-save, renders every chain
+// and restores them all, which repairs chains or jumps someone else removed.
+// In between, a sync is partial: it checks and lists nothing, since the
+// chains of ours that exist are those the last write left, and finds the
+// changed Services by comparing the *Service pointers of the new snapshot
+// with those of the last one written (Services are immutable and an
+// unchanged Service keeps its pointer, whatever snapshots were skipped). Its
+// payloads declare and rewrite only BRIDGE-SERVICES in both tables (it lists
+// every Service port) and the chains of the Services added or updated, and
+// delete the chains that the Services updated or removed no longer need; the
+// chains of unchanged Services are not mentioned, so the restore leaves them
+// as they are. A partial restore that refers to a chain someone removed
+// fails without changing anything, and the next sync is full.
+//
 // Rejected traffic uses plain REJECT, that is icmp-port-unreachable
 // (icmp6-port-unreachable for IPv6) for every protocol, as kube-proxy does;
 // a TCP client sees "connection refused" either way.

@@ -81,8 +81,26 @@ type RenderInput struct {
 	// ExistingNATChains and ExistingFilterChains are the chain names found in
 	// the nat and filter tables of this family (as listed by iptables-save).
 	// Per-Service chains of ours among them that the snapshot no longer needs
-	// are deleted by the payload; all other chains are left alone.
+	// are deleted by the payload; all other chains are left alone. A
+	// partial render (Previous set) does not read them.
 	ExistingNATChains, ExistingFilterChains []string
+	// Previous, when not nil, makes the render partial: it is the snapshot
+	// of the last render (full or partial) whose payloads were restored, with
+	// the same Family, Masquerade, MasqueradeMark and Zone, into tables that
+	// still hold what it wrote. Services are immutable and an unchanged
+	// Service keeps its pointer, so the Services whose pointer is the same
+	// in Previous and Snapshot are unchanged: their chains are neither
+	// declared nor written, and "iptables-restore --noflush" leaves them as
+	// they are. The nat payload declares and rewrites BRIDGE-SERVICES (which
+	// lists every Service port), the chains of the Services added or
+	// updated, and deletes (-X) the chains that the Services updated or
+	// removed since Previous no longer need; the filter payload rewrites
+	// BRIDGE-SERVICES. The fixed chains BRIDGE-POSTROUTING and
+	// BRIDGE-MARK-MASQ are left as they are. Restored after Previous's, the
+	// payloads leave the tables as a full render of Snapshot would (with
+	// ExistingNATChains listing the chains Previous's render left), and the
+	// stats are the ones that full render reports.
+	Previous *cluster.Snapshot
 }
 
 // RenderStats counts what a RenderIPTables call produced.
@@ -102,7 +120,9 @@ type RenderStats struct {
 	// Zonal is the number of Service ports narrowed by topology hints.
 	Zonal int
 	// NATChains, NATRules and FilterRules count chain declarations and
-	// rules in the payloads.
+	// rules in the payloads. For a partial render (RenderInput.Previous)
+	// they count those of the full render it stands for, that is what the
+	// tables hold once the payloads are restored.
 	NATChains, NATRules, FilterRules int
 	// StaleChains is the number of chains the payloads delete.
 	StaleChains int
@@ -115,8 +135,9 @@ type RenderStats struct {
 // one family, one for the nat table and one for the filter table. Each is
 // meant for "iptables-restore --noflush": it declares (and so flushes) every
 // chain of ours it fills, and deletes our stale per-Service chains, without
-// touching anyone else's chains. The output depends only on the input: equal
-// inputs give equal bytes.
+// touching anyone else's chains. With RenderInput.Previous set, the render
+// is partial and the payloads leave the chains of unchanged Services alone.
+// The output depends only on the input: equal inputs give equal bytes.
 func RenderIPTables(in RenderInput) (nat, filter []byte, stats RenderStats, err error) {
 	if !in.Family.valid() {
 		return nil, nil, RenderStats{}, fmt.Errorf("render iptables: unknown IP family %d", in.Family)
@@ -142,6 +163,8 @@ type iptRenderer struct {
 
 	plans  []portPlan
 	hashes [][hashLen]byte // endpoint chain hashes; see portPlan.sep
+	// partial is set for a partial render (RenderInput.Previous).
+	partial bool
 	// natSize is an upper estimate of the nat payload's size.
 	natSize int
 
@@ -165,6 +188,10 @@ type portPlan struct {
 	svcHash [hashLen]byte
 	// sep indexes the hash of eps[0]'s chain in iptRenderer.hashes.
 	sep int
+	// unchanged marks, in a partial render, a port of a Service whose
+	// pointer is the same as in RenderInput.Previous: only its capture in
+	// BRIDGE-SERVICES is written, and its endpoint hashes are not computed.
+	unchanged bool
 }
 
 // size returns an upper estimate of the size of pp's nat declarations and
@@ -177,6 +204,9 @@ func (pp *portPlan) size(ips int, family Family) int {
 		addr = len("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535")
 	}
 	name := len(pp.name)
+	if pp.unchanged {
+		return ips * (160 + name + addr) // capture in BRIDGE-SERVICES
+	}
 	perPort := 37 + // declaration
 		ips*(160+name+addr) + // capture in BRIDGE-SERVICES
 		86 + name // masquerade mark
@@ -204,13 +234,28 @@ var fixedNATRules = []string{
 
 func (r *iptRenderer) plan() {
 	var services []*cluster.Service
+	var prev map[cluster.ServiceKey]*cluster.Service
+	r.partial = r.in.Previous != nil
+	if r.partial {
+		prev = r.in.Previous.Services
+	}
 	if r.in.Snapshot != nil {
 		services = r.in.Snapshot.SortedServices()
-		r.hashes = make([][hashLen]byte, 0, r.in.Snapshot.EndpointCount())
+		if !r.partial {
+			r.hashes = make([][hashLen]byte, 0, r.in.Snapshot.EndpointCount())
+		}
 	}
-	// Our per-Service chains found in nat; kept[i] records that the
-	// snapshot still needs existing[i].
-	existing, index := ownChains(r.in.ExistingNATChains)
+	// Our per-Service chains that may be stale; kept[i] records that the
+	// snapshot still needs existing[i]. A full render takes those found in
+	// nat; a partial one those of the Services changed or removed since
+	// Previous, as Previous's render named them.
+	var existing []string
+	var index map[string]int
+	if r.partial {
+		existing, index = ownChains(r.previousChains())
+	} else {
+		existing, index = ownChains(r.in.ExistingNATChains)
+	}
 	kept := make([]bool, len(existing))
 	keep := func(prefix string, h *[hashLen]byte) {
 		if len(index) == 0 {
@@ -225,18 +270,11 @@ func (r *iptRenderer) plan() {
 
 	r.natSize = 4096
 	for _, svc := range services {
-		if !svc.Proxied || svc.Headless || svc.Type == cluster.TypeExternalName {
-			continue
-		}
-		ips := 0
-		for _, ip := range svc.ClusterIPs {
-			if r.in.Family.Contains(ip) {
-				ips++
-			}
-		}
+		ips := renderedIPs(svc, r.in.Family)
 		if ips == 0 {
 			continue
 		}
+		unchanged := r.partial && prev[svc.ServiceKey] == svc
 		rendered := false
 		for _, port := range svc.Ports {
 			proto := protocolName(port.Protocol)
@@ -247,12 +285,13 @@ func (r *iptRenderer) plan() {
 			r.stats.ServicePorts++
 			sel := SelectEndpoints(svc, port, r.in.Family, r.in.Zone)
 			pp := portPlan{
-				svc:   svc,
-				port:  port,
-				name:  servicePortName(svc.ServiceKey, port.Name),
-				proto: proto,
-				eps:   sel.Endpoints,
-				sep:   len(r.hashes),
+				svc:       svc,
+				port:      port,
+				name:      servicePortName(svc.ServiceKey, port.Name),
+				proto:     proto,
+				eps:       sel.Endpoints,
+				sep:       len(r.hashes),
+				unchanged: unchanged,
 			}
 			if len(pp.eps) == 0 {
 				r.stats.NoEndpoints++
@@ -266,10 +305,12 @@ func (r *iptRenderer) plan() {
 				r.stats.Zonal++
 			}
 			pp.svcHash = r.hash(pp.name, proto, netip.AddrPort{})
-			keep(svcChainPrefix, &pp.svcHash)
-			for _, ep := range pp.eps {
-				r.hashes = append(r.hashes, r.hash(pp.name, proto, ep.AddrPort()))
-				keep(sepChainPrefix, &r.hashes[len(r.hashes)-1])
+			if !unchanged {
+				keep(svcChainPrefix, &pp.svcHash)
+				for _, ep := range pp.eps {
+					r.hashes = append(r.hashes, r.hash(pp.name, proto, ep.AddrPort()))
+					keep(sepChainPrefix, &r.hashes[len(r.hashes)-1])
+				}
 			}
 			r.plans = append(r.plans, pp)
 			r.stats.NATChains += 1 + len(pp.eps)
@@ -290,11 +331,63 @@ func (r *iptRenderer) plan() {
 		}
 	}
 	slices.Sort(r.staleNAT)
-	// Nothing in filter is per Service: every such chain found there is stale.
-	r.staleFilter, _ = ownChains(r.in.ExistingFilterChains)
-	slices.Sort(r.staleFilter)
+	if !r.partial {
+		// Nothing in filter is per Service: every such chain found there
+		// is stale.
+		r.staleFilter, _ = ownChains(r.in.ExistingFilterChains)
+		slices.Sort(r.staleFilter)
+	}
 	r.stats.NATChains += 3 + len(r.staleNAT)
 	r.stats.StaleChains = len(r.staleNAT) + len(r.staleFilter)
+}
+
+// renderedIPs returns how many cluster IPs of family svc has, or 0 when svc
+// gets no rule at all.
+func renderedIPs(svc *cluster.Service, family Family) int {
+	if !svc.Proxied || svc.Headless || svc.Type == cluster.TypeExternalName {
+		return 0
+	}
+	ips := 0
+	for _, ip := range svc.ClusterIPs {
+		if family.Contains(ip) {
+			ips++
+		}
+	}
+	return ips
+}
+
+// previousChains returns, for a partial render, the per-Service chains that
+// the render of Previous gave the Services whose pointer differs in
+// Snapshot (updated or removed): the only chains the change can make stale.
+func (r *iptRenderer) previousChains() []string {
+	var cur map[cluster.ServiceKey]*cluster.Service
+	if r.in.Snapshot != nil {
+		cur = r.in.Snapshot.Services
+	}
+	var out []string
+	for key, svc := range r.in.Previous.Services {
+		if cur[key] == svc || renderedIPs(svc, r.in.Family) == 0 {
+			continue
+		}
+		for _, port := range svc.Ports {
+			proto := protocolName(port.Protocol)
+			if proto == "" {
+				continue
+			}
+			eps := SelectEndpoints(svc, port, r.in.Family, r.in.Zone).Endpoints
+			if len(eps) == 0 {
+				continue
+			}
+			name := servicePortName(key, port.Name)
+			h := r.hash(name, proto, netip.AddrPort{})
+			out = append(out, svcChainPrefix+string(h[:]))
+			for _, ep := range eps {
+				h := r.hash(name, proto, ep.AddrPort())
+				out = append(out, sepChainPrefix+string(h[:]))
+			}
+		}
+	}
+	return out
 }
 
 // ownChains returns our per-Service chains among names, without duplicates,
@@ -323,12 +416,16 @@ func ownChains(names []string) ([]string, map[string]int) {
 func (r *iptRenderer) writeNAT() []byte {
 	w := &writer{b: make([]byte, 0, r.natSize)}
 	w.str("*nat\n")
-	for _, c := range []string{ServicesChain, PostroutingChain, MarkMasqChain} {
+	fixed := []string{ServicesChain, PostroutingChain, MarkMasqChain}
+	if r.partial {
+		fixed = fixed[:1]
+	}
+	for _, c := range fixed {
 		w.declare(c, nil)
 	}
 	for i := range r.plans {
 		pp := &r.plans[i]
-		if len(pp.eps) == 0 {
+		if len(pp.eps) == 0 || pp.unchanged {
 			continue
 		}
 		w.declare(svcChainPrefix, &pp.svcHash)
@@ -340,9 +437,11 @@ func (r *iptRenderer) writeNAT() []byte {
 		w.declare(c, nil)
 	}
 
-	for _, rule := range fixedNATRules {
-		w.str(strings.ReplaceAll(rule, "{mark}", r.mark))
-		w.nl()
+	if !r.partial {
+		for _, rule := range fixedNATRules {
+			w.str(strings.ReplaceAll(rule, "{mark}", r.mark))
+			w.nl()
+		}
 	}
 	r.stats.NATRules += len(fixedNATRules)
 	for i := range r.plans {
@@ -388,20 +487,29 @@ func (r *iptRenderer) writeFilter() []byte {
 	return w.b
 }
 
-// writeServicePort writes the nat rules of a Service port with endpoints.
+// writeServicePort writes the nat rules of a Service port with endpoints;
+// for an unchanged one (partial render), only its capture.
 func (r *iptRenderer) writeServicePort(w *writer, pp *portPlan) {
 	n := len(pp.eps)
-	hashes := r.hashes[pp.sep : pp.sep+n]
 	before := w.rules
-
-	for _, ip := range pp.svc.ClusterIPs {
-		if r.in.Family.Contains(ip) {
-			// -A BRIDGE-SERVICES -d IP -p PROTO -m comment --comment "NAME cluster IP" -m PROTO --dport PORT -j BRIDGE-SVC-X
-			w.capture(ip, pp, " cluster IP")
-			w.chain(svcChainPrefix, &pp.svcHash)
-			w.nl()
+	if pp.unchanged {
+		r.writeCaptures(w, pp)
+		// Its chains stay as written before: count their rules as the
+		// full render does below.
+		rules := w.rules - before + 3*n
+		if r.in.Masquerade {
+			rules++
 		}
+		if pp.svc.SessionAffinityTimeout > 0 {
+			rules += n
+		}
+		r.stats.Endpoints += n
+		r.stats.NATRules += rules
+		return
 	}
+	hashes := r.hashes[pp.sep : pp.sep+n]
+
+	r.writeCaptures(w, pp)
 	if r.in.Masquerade {
 		// -A BRIDGE-SVC-X -m comment --comment "NAME cluster IP" -j BRIDGE-MARK-MASQ
 		w.rule(svcChainPrefix, &pp.svcHash)
@@ -464,6 +572,19 @@ func (r *iptRenderer) writeServicePort(w *writer, pp *portPlan) {
 	}
 	r.stats.Endpoints += n
 	r.stats.NATRules += w.rules - before
+}
+
+// writeCaptures writes the BRIDGE-SERVICES rules sending traffic to a
+// Service port with endpoints to its chain.
+func (r *iptRenderer) writeCaptures(w *writer, pp *portPlan) {
+	for _, ip := range pp.svc.ClusterIPs {
+		if r.in.Family.Contains(ip) {
+			// -A BRIDGE-SERVICES -d IP -p PROTO -m comment --comment "NAME cluster IP" -m PROTO --dport PORT -j BRIDGE-SVC-X
+			w.capture(ip, pp, " cluster IP")
+			w.chain(svcChainPrefix, &pp.svcHash)
+			w.nl()
+		}
+	}
 }
 
 // writer appends payload text. It counts lines that are rules.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -26,8 +25,10 @@ type IPTablesOptions struct {
 	MasqueradeMark uint32
 	// Zone: see RenderInput.
 	Zone string
-	// FullSyncPeriod forces a restore of unchanged payloads this often, to
-	// repair chains someone else emptied (default 1 minute).
+	// FullSyncPeriod is how often a sync is full (checking the jumps,
+	// listing the chains and restoring every chain, even unchanged), which
+	// repairs chains and jumps someone else removed; syncs in between are
+	// partial (default 1 minute).
 	FullSyncPeriod time.Duration
 	Logger         *slog.Logger
 }
@@ -51,14 +52,17 @@ type IPTables struct {
 	warned  map[cluster.ServiceKey]bool
 }
 
-// appliedState is what the last successful restore of a family wrote.
+// appliedState is what the last successful restore of a family wrote. Its
+// presence means the tables hold exactly what a full render of snap writes
+// (with the settings below): the next sync may then be partial.
 type appliedState struct {
-	snap        *cluster.Snapshot // written from; snapshots are immutable
-	nat, filter []byte
-	at          time.Time
-	// udp maps each UDP service port (cluster IP, port) to its endpoints,
-	// to find conntrack entries that went stale.
-	udp map[netip.AddrPort][]netip.AddrPort
+	snap *cluster.Snapshot // written from; snapshots are immutable
+	// full is when the last full sync was written.
+	full time.Time
+	// The settings snap was rendered with; a change forces a full sync.
+	masquerade bool
+	mark       uint32
+	zone       string
 }
 
 // NewIPTables returns the backend for this host's iptables variant.
@@ -102,11 +106,21 @@ func (p *IPTables) Name() string { return "proxy" }
 // Variant returns the iptables variant in use.
 func (p *IPTables) Variant() Variant { return p.opts.Variant }
 
-// Sync implements daemon.Consumer: it renders the snapshot and, when the
-// rules differ from the last ones written or a jump of ours went missing
-// (someone flushed a table), writes them in one restore per family. On error
-// the rules in the kernel stay as they were and the next sync writes the
-// whole state again.
+// Sync implements daemon.Consumer: it writes the snapshot's rules in one
+// restore per family.
+//
+// A full sync checks our jumps in the built-in chains, lists the chains of
+// the nat and filter tables, renders every chain and restores them all; it
+// is the first sync, the first after a failure, and one every
+// FullSyncPeriod, which also repairs chains or jumps that someone else
+// removed. Between full syncs, a sync is partial: it runs no check and no
+// listing (the chains of ours that exist are those the last write left),
+// and restores only BRIDGE-SERVICES and the chains of the Services whose
+// pointer changed since the last write, deleting those they no longer need
+// (see RenderInput.Previous). A partial restore that fails, because
+// someone removed a chain it refers to, leaves the rules as they were and
+// makes the next sync full. A snapshot already written is not written again
+// until the next full sync.
 func (p *IPTables) Sync(ctx context.Context, snap *cluster.Snapshot) error {
 	var errs []error
 	for _, fam := range p.opts.Families {
@@ -122,6 +136,21 @@ func (p *IPTables) Sync(ctx context.Context, snap *cluster.Snapshot) error {
 }
 
 func (p *IPTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam Family) error {
+	last := p.applied[fam]
+	now := p.now()
+	mark := p.opts.MasqueradeMark
+	if mark == 0 {
+		mark = DefaultMasqueradeMark
+	}
+	full := last == nil || now.Sub(last.full) >= p.opts.FullSyncPeriod ||
+		last.masquerade != p.opts.Masquerade || last.mark != mark || last.zone != p.opts.Zone
+	if !full {
+		if last.snap == snap {
+			return nil
+		}
+		return p.partialSync(ctx, snap, fam, last)
+	}
+
 	var missing []Jump
 	for _, j := range IPTablesJumps() {
 		ok, err := p.x.JumpExists(fam, j)
@@ -132,14 +161,6 @@ func (p *IPTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 			missing = append(missing, j)
 		}
 	}
-	last := p.applied[fam]
-	now := p.now()
-	due := last == nil || now.Sub(last.at) >= p.opts.FullSyncPeriod
-	// The periodic call with the snapshot already written: with our jumps in
-	// place there is nothing to list, render or write.
-	if !due && len(missing) == 0 && last.snap == snap {
-		return nil
-	}
 	natChains, err := p.x.Chains(ctx, fam, "nat")
 	if err != nil {
 		return err
@@ -149,29 +170,61 @@ func (p *IPTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 		return err
 	}
 	nat, filter, stats, err := RenderIPTables(RenderInput{
-		Snapshot: snap, Family: fam, Masquerade: p.opts.Masquerade, MasqueradeMark: p.opts.MasqueradeMark,
+		Snapshot: snap, Family: fam, Masquerade: p.opts.Masquerade, MasqueradeMark: mark,
 		Zone: p.opts.Zone, ExistingNATChains: natChains, ExistingFilterChains: filterChains,
 	})
 	if err != nil {
 		return err
-	}
-	for _, key := range stats.LocalPolicyIgnored {
-		if !p.warned[key] {
-			p.warned[key] = true
-			p.log.Warn("internalTrafficPolicy: Local has no local endpoints on this host; proxying as Cluster", "service", key.String())
-		}
-	}
-
-	unchanged := last != nil && bytes.Equal(last.nat, nat) && bytes.Equal(last.filter, filter)
-	if unchanged && len(missing) == 0 && !due {
-		last.snap = snap // same rules: later calls with this snapshot skip rendering
-		return nil
 	}
 	if last != nil && len(missing) > 0 {
 		p.metrics.repairs.Inc()
 		p.log.Warn("rules of ours were removed by someone else; restoring", "family", fam.String(), "missingJumps", len(missing))
 	}
 	payload := append(slices.Clip(nat), filter...)
+	if err := p.restore(ctx, fam, payload, stats); err != nil {
+		return err
+	}
+	// The jumps go in after the chains they target exist.
+	for _, j := range missing {
+		if err := p.x.InsertJump(fam, j); err != nil {
+			return fmt.Errorf("insert jump %s/%s: %w", j.Table, j.Chain, err)
+		}
+	}
+	if last != nil {
+		clearStaleUDP(p.conntrack, p.log, udpServicePorts(last.snap, fam, p.opts.Zone), udpServicePorts(snap, fam, p.opts.Zone))
+	}
+	p.recordWrite(fam, snap, now, now, mark, stats, "full", len(payload))
+	return nil
+}
+
+// partialSync writes what changed since last (see Sync).
+func (p *IPTables) partialSync(ctx context.Context, snap *cluster.Snapshot, fam Family, last *appliedState) error {
+	now := p.now()
+	keys := changedServices(last.snap, snap)
+	if len(keys) == 0 {
+		last.snap = snap // same Services: later calls with this snapshot return at once
+		return nil
+	}
+	nat, filter, stats, err := RenderIPTables(RenderInput{
+		Snapshot: snap, Family: fam, Masquerade: last.masquerade, MasqueradeMark: last.mark,
+		Zone: last.zone, Previous: last.snap,
+	})
+	if err != nil {
+		return err
+	}
+	payload := append(slices.Clip(nat), filter...)
+	if err := p.restore(ctx, fam, payload, stats); err != nil {
+		return err
+	}
+	clearStaleUDP(p.conntrack, p.log,
+		udpServicePorts(subSnapshot(last.snap, keys), fam, last.zone),
+		udpServicePorts(subSnapshot(snap, keys), fam, last.zone))
+	p.recordWrite(fam, snap, now, last.full, last.mark, stats, "partial", len(payload))
+	return nil
+}
+
+// restore writes a payload and counts the outcome.
+func (p *IPTables) restore(ctx context.Context, fam Family, payload []byte, stats RenderStats) error {
 	if err := p.x.Restore(ctx, fam, payload); err != nil {
 		p.metrics.writes.WithLabelValues(fam.String(), "error").Inc()
 		return err
@@ -180,22 +233,24 @@ func (p *IPTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 	p.metrics.rules.WithLabelValues(fam.String(), "nat").Set(float64(stats.NATRules))
 	p.metrics.rules.WithLabelValues(fam.String(), "filter").Set(float64(stats.FilterRules))
 	p.metrics.noEndpoints.WithLabelValues(fam.String()).Set(float64(stats.NoEndpoints))
-	// The jumps go in after the chains they target exist.
-	for _, j := range missing {
-		if err := p.x.InsertJump(fam, j); err != nil {
-			return fmt.Errorf("insert jump %s/%s: %w", j.Table, j.Chain, err)
+	return nil
+}
+
+// recordWrite records a successful write of snap.
+func (p *IPTables) recordWrite(fam Family, snap *cluster.Snapshot, now, full time.Time, mark uint32, stats RenderStats, kind string, size int) {
+	for _, key := range stats.LocalPolicyIgnored {
+		if !p.warned[key] {
+			p.warned[key] = true
+			p.log.Warn("internalTrafficPolicy: Local has no local endpoints on this host; proxying as Cluster", "service", key.String())
 		}
 	}
-	st := &appliedState{snap: snap, nat: nat, filter: filter, at: now, udp: udpServicePorts(snap, fam, p.opts.Zone)}
-	p.clearStaleConntrack(fam, last, st)
-	p.applied[fam] = st
+	p.applied[fam] = &appliedState{snap: snap, full: full, masquerade: p.opts.Masquerade, mark: mark, zone: p.opts.Zone}
 	p.mu.Lock()
 	p.stats[fam] = stats
 	p.written[fam] = now
 	p.mu.Unlock()
-	p.log.Debug("iptables rules written", "family", fam.String(), "services", stats.Services,
-		"endpoints", stats.Endpoints, "noEndpoints", stats.NoEndpoints, "bytes", len(payload))
-	return nil
+	p.log.Debug("iptables rules written", "family", fam.String(), "kind", kind, "services", stats.Services,
+		"endpoints", stats.Endpoints, "noEndpoints", stats.NoEndpoints, "bytes", size)
 }
 
 // FamilyStatus is what the proxy shows of one family in `bridge-agent status`.

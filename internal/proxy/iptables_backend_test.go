@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -14,21 +15,32 @@ import (
 )
 
 // fakeXtables models the kernel's state as the backend sees it: the chains
-// of each table and the jumps in built-in chains. Restore parses just enough
-// of a payload (chain declarations and -X) to keep that state.
+// of each table with their rules, and the jumps in built-in chains. Restore
+// applies a payload the way iptables-restore --noflush does, table by table
+// at each COMMIT, and fails as it would on a rule for a missing chain, a jump
+// to a missing chain, or -X of a chain that is missing, not empty or still
+// referenced.
 type fakeXtables struct {
-	chains   map[Family]map[string][]string // table -> chain names
-	jumps    map[Family]map[string]bool     // "table/chain/rule"
+	chains   map[Family]map[string][]string            // table -> chain names
+	rules    map[Family]map[string]map[string][]string // table -> chain -> rules (after "-A chain ")
+	jumps    map[Family]map[string]bool                // "table/chain/rule"
 	restores int
-	failNext error
+	// listings and jumpChecks count Chains and JumpExists calls.
+	listings, jumpChecks int
+	payloads             [][]byte // every payload restored
+	failNext             error
+	// failAfterTables applies that many tables of the failing payload
+	// before failing, as iptables-restore does when a later table fails.
+	failAfterTables int
 }
 
 var _ xtables = (*fakeXtables)(nil)
 
 func newFakeXtables() *fakeXtables {
-	f := &fakeXtables{chains: map[Family]map[string][]string{}, jumps: map[Family]map[string]bool{}}
+	f := &fakeXtables{chains: map[Family]map[string][]string{}, rules: map[Family]map[string]map[string][]string{}, jumps: map[Family]map[string]bool{}}
 	for _, fam := range []Family{IPv4, IPv6} {
 		f.chains[fam] = map[string][]string{"nat": {"PREROUTING", "OUTPUT", "POSTROUTING", "DOCKER"}, "filter": {"INPUT", "FORWARD", "OUTPUT"}}
+		f.rules[fam] = map[string]map[string][]string{"nat": {}, "filter": {}}
 		f.jumps[fam] = map[string]bool{}
 	}
 	return f
@@ -37,35 +49,102 @@ func newFakeXtables() *fakeXtables {
 func jumpKey(j Jump) string { return j.Table + "/" + j.Chain + "/" + strings.Join(j.Rule, " ") }
 
 func (f *fakeXtables) Chains(_ context.Context, fam Family, table string) ([]string, error) {
+	f.listings++
 	return slices.Clone(f.chains[fam][table]), nil
 }
 
 func (f *fakeXtables) Restore(_ context.Context, fam Family, payload []byte) error {
+	tables := strings.SplitAfter(string(payload), "COMMIT\n")
+	if tables[len(tables)-1] == "" {
+		tables = tables[:len(tables)-1]
+	}
 	if f.failNext != nil {
 		err := f.failNext
 		f.failNext = nil
+		for _, t := range tables[:min(f.failAfterTables, len(tables))] {
+			if err := f.restoreTable(fam, t); err != nil {
+				return err
+			}
+		}
+		f.failAfterTables = 0
 		return err
 	}
 	f.restores++
-	table := ""
-	for _, line := range strings.Split(string(payload), "\n") {
-		switch {
-		case strings.HasPrefix(line, "*"):
-			table = line[1:]
-		case strings.HasPrefix(line, ":"):
-			name, _, _ := strings.Cut(line[1:], " ")
-			if !slices.Contains(f.chains[fam][table], name) {
-				f.chains[fam][table] = append(f.chains[fam][table], name)
-			}
-		case strings.HasPrefix(line, "-X "):
-			name := strings.TrimPrefix(line, "-X ")
-			f.chains[fam][table] = slices.DeleteFunc(f.chains[fam][table], func(c string) bool { return c == name })
+	f.payloads = append(f.payloads, slices.Clone(payload))
+	for _, t := range tables {
+		if err := f.restoreTable(fam, t); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
+// restoreTable applies one table's part of a payload, all or nothing.
+func (f *fakeXtables) restoreTable(fam Family, payload string) error {
+	lines := strings.Split(strings.TrimSuffix(payload, "\n"), "\n")
+	if len(lines) < 2 || !strings.HasPrefix(lines[0], "*") || lines[len(lines)-1] != "COMMIT" {
+		return fmt.Errorf("fake restore: malformed table payload %q", payload)
+	}
+	table := lines[0][1:]
+	chains := slices.Clone(f.chains[fam][table])
+	rules := map[string][]string{}
+	for c, r := range f.rules[fam][table] {
+		rules[c] = slices.Clone(r)
+	}
+	exists := func(c string) bool { return slices.Contains(chains, c) }
+	for _, line := range lines[1 : len(lines)-1] {
+		switch {
+		case strings.HasPrefix(line, ":"):
+			name, _, _ := strings.Cut(line[1:], " ")
+			if !exists(name) {
+				chains = append(chains, name)
+			}
+			rules[name] = nil // declaring flushes
+		case strings.HasPrefix(line, "-A "):
+			name, rule, _ := strings.Cut(line[3:], " ")
+			if !exists(name) {
+				return fmt.Errorf("fake restore: rule for missing chain %s", name)
+			}
+			if i := strings.Index(rule, "-j "+ChainPrefix); i >= 0 {
+				target, _, _ := strings.Cut(rule[i+3:], " ")
+				if !exists(target) {
+					return fmt.Errorf("fake restore: jump to missing chain %s", target)
+				}
+			}
+			rules[name] = append(rules[name], rule)
+		case strings.HasPrefix(line, "-X "):
+			name := line[3:]
+			if !exists(name) {
+				return fmt.Errorf("fake restore: -X of missing chain %s", name)
+			}
+			if len(rules[name]) > 0 {
+				return fmt.Errorf("fake restore: -X of non-empty chain %s", name)
+			}
+			for c, rs := range rules {
+				for _, r := range rs {
+					if strings.HasSuffix(r, "-j "+name) || strings.Contains(r, "-j "+name+" ") {
+						return fmt.Errorf("fake restore: -X of chain %s referenced from %s", name, c)
+					}
+				}
+			}
+			for k := range f.jumps[fam] {
+				if strings.HasPrefix(k, table+"/") && strings.HasSuffix(k, " "+name) {
+					return fmt.Errorf("fake restore: -X of chain %s referenced from a built-in chain", name)
+				}
+			}
+			chains = slices.DeleteFunc(chains, func(c string) bool { return c == name })
+			delete(rules, name)
+		default:
+			return fmt.Errorf("fake restore: unknown line %q", line)
+		}
+	}
+	f.chains[fam][table] = chains
+	f.rules[fam][table] = rules
+	return nil
+}
+
 func (f *fakeXtables) JumpExists(fam Family, j Jump) (bool, error) {
+	f.jumpChecks++
 	if !slices.Contains(f.chains[fam][j.Table], j.Rule[len(j.Rule)-1]) {
 		return false, errors.New("Couldn't load target")
 	}
@@ -83,6 +162,30 @@ func (f *fakeXtables) InsertJump(fam Family, j Jump) error {
 func (f *fakeXtables) DeleteJump(fam Family, j Jump) error {
 	delete(f.jumps[fam], jumpKey(j))
 	return nil
+}
+
+// state renders our chains, their rules and the jumps of a family, sorted by
+// chain, for comparisons of whole tables.
+func (f *fakeXtables) state(fam Family) string {
+	var b strings.Builder
+	for _, t := range []string{"nat", "filter"} {
+		chains := slices.Clone(f.chains[fam][t])
+		slices.Sort(chains)
+		for _, c := range chains {
+			if !strings.HasPrefix(c, ChainPrefix) {
+				continue
+			}
+			fmt.Fprintf(&b, "%s :%s\n", t, c)
+			for _, r := range f.rules[fam][t][c] {
+				fmt.Fprintf(&b, "%s -A %s %s\n", t, c, r)
+			}
+		}
+	}
+	jumps := slices.Sorted(maps.Keys(f.jumps[fam]))
+	for _, j := range jumps {
+		fmt.Fprintf(&b, "jump %s\n", j)
+	}
+	return b.String()
 }
 
 // dump renders the fake's state for comparisons.
@@ -137,8 +240,13 @@ func TestIPTablesBackendSync(t *testing.T) {
 		t.Fatalf("no-op sync wrote rules: restores=%d err=%v", x.restores, err)
 	}
 
-	// Someone flushes our jumps: restored and re-inserted.
+	// Someone flushes our jumps: restored and re-inserted by the next
+	// full sync, not before (syncs in between check nothing).
 	clear(x.jumps[IPv4])
+	if err := p.Sync(ctx, s1); err != nil || x.restores != 1 || len(x.jumps[IPv4]) != 0 {
+		t.Fatalf("sync between full syncs: restores=%d %s err=%v", x.restores, x.dump(IPv4), err)
+	}
+	clock = clock.Add(time.Hour)
 	if err := p.Sync(ctx, s1); err != nil || x.restores != 2 || len(x.jumps[IPv4]) != len(IPTablesJumps()) {
 		t.Fatalf("repair: restores=%d %s err=%v", x.restores, x.dump(IPv4), err)
 	}
