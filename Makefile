@@ -3,7 +3,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/bridge-agent/bridge-agent/internal/version.Version=$(VERSION)
 export CGO_ENABLED := 0
 
-.PHONY: build test demo lint tools package clean
+.PHONY: build test demo lint tools package clean bench bench-quick
 
 ## build: build bin/bridge-agent
 build:
