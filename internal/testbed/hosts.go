@@ -12,7 +12,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -150,26 +149,8 @@ func (t *Testbed) RegisterHostNode(ctx context.Context, h Host) error {
 			Key: "bridge-agent.io/peer-host", Effect: corev1.TaintEffectNoSchedule,
 		}}},
 	}
-	created, err := t.Client.CoreV1().Nodes().Create(ctx, obj, metav1.CreateOptions{})
-	if err != nil {
+	if err := t.createReadyNode(ctx, obj, h.IPv4, h.IPv6, "0"); err != nil {
 		return fmt.Errorf("register host node %s: %w", h.Name, err)
-	}
-	now := metav1.Now()
-	created.Status = corev1.NodeStatus{
-		Addresses: []corev1.NodeAddress{
-			{Type: corev1.NodeInternalIP, Address: h.IPv4},
-			{Type: corev1.NodeInternalIP, Address: h.IPv6},
-			{Type: corev1.NodeHostName, Address: h.Name},
-		},
-		Conditions: []corev1.NodeCondition{{
-			Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
-			Message: "testbed host is ready", LastHeartbeatTime: now, LastTransitionTime: now,
-		}},
-		Capacity:    corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")},
-		Allocatable: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")},
-	}
-	if _, err := t.Client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("register host node %s: status: %w", h.Name, err)
 	}
 	return nil
 }

@@ -85,26 +85,35 @@ func (t *Testbed) registerNode(ctx context.Context, nd Node) error {
 		},
 		Spec: corev1.NodeSpec{PodCIDR: nd.PodCIDRs[0], PodCIDRs: nd.PodCIDRs},
 	}
+	if err := t.createReadyNode(ctx, obj, nd.IPv4, nd.IPv6, "110"); err != nil {
+		return fmt.Errorf("register node %s: %w", nd.Name, err)
+	}
+	return nil
+}
+
+// createReadyNode creates obj and reports it Ready with the given
+// InternalIPs and pod capacity, as a kubelet would.
+func (t *Testbed) createReadyNode(ctx context.Context, obj *corev1.Node, ipv4, ipv6, pods string) error {
 	created, err := t.Client.CoreV1().Nodes().Create(ctx, obj, metav1.CreateOptions{})
 	if err != nil {
-		return fmt.Errorf("register node %s: %w", nd.Name, err)
+		return err
 	}
 	now := metav1.Now()
 	created.Status = corev1.NodeStatus{
 		Addresses: []corev1.NodeAddress{
-			{Type: corev1.NodeInternalIP, Address: nd.IPv4},
-			{Type: corev1.NodeInternalIP, Address: nd.IPv6},
-			{Type: corev1.NodeHostName, Address: nd.Name},
+			{Type: corev1.NodeInternalIP, Address: ipv4},
+			{Type: corev1.NodeInternalIP, Address: ipv6},
+			{Type: corev1.NodeHostName, Address: obj.Name},
 		},
 		Conditions: []corev1.NodeCondition{{
 			Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
 			Message: "testbed node is ready", LastHeartbeatTime: now, LastTransitionTime: now,
 		}},
-		Capacity:    corev1.ResourceList{corev1.ResourcePods: resource.MustParse("110")},
-		Allocatable: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("110")},
+		Capacity:    corev1.ResourceList{corev1.ResourcePods: resource.MustParse(pods)},
+		Allocatable: corev1.ResourceList{corev1.ResourcePods: resource.MustParse(pods)},
 	}
 	if _, err := t.Client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("register node %s: status: %w", nd.Name, err)
+		return fmt.Errorf("status: %w", err)
 	}
 	return nil
 }
