@@ -136,11 +136,6 @@ func parseChains(save []byte) []string {
 	return out
 }
 
-// countRules counts rules in iptables-save output.
-func countRules(save []byte) int {
-	return bytes.Count(save, []byte("\n-A "))
-}
-
 // DetectVariant picks the iptables variant this host uses: the one that
 // already holds our chains (a restarted agent stays where it was), else the
 // one holding more rules of others (so ours sit beside theirs), else nft,
@@ -175,7 +170,7 @@ func DetectVariant(ctx context.Context) (Variant, error) {
 	}
 	best := looks[len(looks)-1] // nft when present
 	for _, l := range looks {
-		if countRules(l.save) > countRules(best.save) {
+		if countForeignRules(l.save) > countForeignRules(best.save) {
 			best = l
 		}
 	}

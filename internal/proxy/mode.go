@@ -40,15 +40,14 @@ func ChooseBackend(ctx context.Context) (backend, reason string) {
 // families, every table; 0 when the legacy tools are not installed.
 func legacyRules(ctx context.Context) int {
 	n := 0
-	for _, tool := range []string{"iptables-legacy-save", "ip6tables-legacy-save"} {
+	for _, fam := range []Family{IPv4, IPv6} {
+		tool := toolName(fam, VariantLegacy, "-save")
 		if _, err := exec.LookPath(tool); err != nil {
 			continue
 		}
-		out, err := exec.CommandContext(ctx, tool).Output()
-		if err != nil {
-			continue
+		if out, err := runTool(ctx, nil, tool); err == nil {
+			n += countForeignRules(out)
 		}
-		n += countForeignRules(out)
 	}
 	return n
 }
