@@ -1,6 +1,8 @@
 package main
 
 import (
+	"time"
+
 	"context"
 	"fmt"
 	"io"
@@ -121,7 +123,8 @@ func newProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (proxyB
 	case proxy.BackendNFTables:
 		p, err := proxy.NewNFTables(ctx, proxy.NFTablesOptions{
 			Masquerade:     masquerade(cfg),
-			FullSyncPeriod: cfg.Proxy.SyncPeriod.Duration,
+			FullSyncPeriod: max(time.Hour, cfg.Proxy.SyncPeriod.Duration),
+			CheckPeriod:    cfg.Proxy.SyncPeriod.Duration,
 			Logger:         log,
 		})
 		if err != nil {
@@ -137,7 +140,8 @@ func newProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (proxyB
 		p, err := proxy.NewIPTables(ctx, proxy.IPTablesOptions{
 			Variant:        variant,
 			Masquerade:     masquerade(cfg),
-			FullSyncPeriod: cfg.Proxy.SyncPeriod.Duration,
+			FullSyncPeriod: max(time.Hour, cfg.Proxy.SyncPeriod.Duration),
+			CheckPeriod:    cfg.Proxy.SyncPeriod.Duration,
 			Logger:         log,
 		})
 		if err != nil {

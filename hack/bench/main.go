@@ -72,6 +72,7 @@ func parseSizes(s string) ([]size, error) {
 type bench struct {
 	log          *slog.Logger
 	env          *env
+	profile      bool
 	load         *loader
 	watch        map[string]*kernelWatch
 	opts         proxyOpts
@@ -122,7 +123,7 @@ func run() (int, error) {
 	rate := flag.Float64("rate", 200, "burst changes per second")
 	connects := flag.Int("connects", 0, "connects per target and peer in the data path (default 2000; quick 100)")
 	dnsDur := flag.Duration("dns-duration", 0, "length of each dnsperf run (default 20s; quick 5s)")
-	idle := flag.Duration("idle", 0, "idle period for idle CPU (default 10s; quick 3s)")
+	idle := flag.Duration("idle", 0, "idle period for idle CPU (default: the sync period plus 2s, so one periodic sync falls in it; quick 3s)")
 	budget := flag.Duration("change-budget", 0, "time limit of the sequential changes per peer (default 2m; quick 30s)")
 	syncTimeout := flag.Duration("sync-timeout", 0, "time limit for a peer's full sync (default 5m; quick 2m)")
 	minSync := flag.Duration("min-sync-period", 100*time.Millisecond, "minimum sync interval of every peer")
@@ -131,6 +132,7 @@ func run() (int, error) {
 	agentBin := flag.String("agent", "bin/bridge-agent", "bridge-agent binary")
 	kpBin := flag.String("kube-proxy", "", "kube-proxy binary (default: kube-proxy in the sandbox's binary directory)")
 	gobenchPattern := flag.String("gobench", "Render|Zone|ServeDNS", "go test -bench pattern for ./internal/proxy/ and ./internal/dnsstub/ (\".\" adds the kernel benchmarks, which take many minutes)")
+	profile := flag.Bool("profile", false, "save the agent's heap profiles (after the full sync and at the end of each run) beside its log, in the work directory")
 	workDir := flag.String("workdir", "", "keep the sandbox's files and the peers' logs here (default: a temporary directory)")
 	flag.Parse()
 
@@ -154,7 +156,7 @@ func run() (int, error) {
 	def(burst, 200, 20)
 	def(connects, 2000, 100)
 	defD(dnsDur, 20*time.Second, 5*time.Second)
-	defD(idle, 10*time.Second, 3*time.Second)
+	defD(idle, *syncEvery+2*time.Second, 3*time.Second)
 	defD(budget, 2*time.Minute, 30*time.Second)
 	defD(syncTimeout, 5*time.Minute, 2*time.Minute)
 	if *sizesF == "" {
@@ -213,6 +215,7 @@ func run() (int, error) {
 		}
 	}
 	if secs["proxy"] || secs["datapath"] || secs["dns"] {
+		b.profile = *profile
 		if err := b.sandbox(ctx, *agentBin, *kpBin, *workDir, *minSync, *syncEvery); err != nil {
 			if ctx.Err() != nil {
 				return 1, ctx.Err()
@@ -263,7 +266,7 @@ func (b *bench) sandbox(ctx context.Context, agentBin, kpBin, workDir string, mi
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return err
 	}
-	b.env = &env{tb: tb, agentBin: agentBin, kpBin: kpBin, work: work, minSync: minSync, syncEvery: syncEvery}
+	b.env = &env{tb: tb, agentBin: agentBin, kpBin: kpBin, work: work, minSync: minSync, syncEvery: syncEvery, profile: b.profile}
 	if b.env.kpHost, err = tb.AddHost(ctx, "kp", testbed.HostOptions{PodRoutes: true, ServiceRoutes: true}); err != nil {
 		return err
 	}

@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,6 +74,9 @@ type peer struct {
 	stop       func()
 	exited     func() bool
 	agent      *testbed.Agent
+	// statusSocket serves the agent's status and, with -profile, pprof.
+	statusSocket string
+	dir          string
 }
 
 // env is what the harness keeps of the sandbox.
@@ -84,6 +90,7 @@ type env struct {
 	minSync   time.Duration
 	syncEvery time.Duration
 	runs      int
+	profile   bool // agents serve pprof; heap profiles are saved
 }
 
 func (e *env) dir(name string) (string, error) {
@@ -144,6 +151,7 @@ func (e *env) startAgent(p peerSpec, pinCPU string) (*peer, error) {
 	cfg.Proxy.Mode = p.Mode
 	cfg.Proxy.MinSyncPeriod = metav1.Duration{Duration: e.minSync}
 	cfg.Proxy.SyncPeriod = metav1.Duration{Duration: e.syncEvery}
+	cfg.EnableProfiling = e.profile
 	bin := e.agentBin
 	if pinCPU != "" {
 		bin = filepath.Join(dir, "bridge-agent-pinned")
@@ -166,10 +174,11 @@ func (e *env) startAgent(p peerSpec, pinCPU string) (*peer, error) {
 		metricsURL: "http://" + cfg.MetricsBindAddress + "/metrics",
 		progMetric: "bridge_agent_network_programming_duration_seconds",
 		syncMetric: "bridge_agent_sync_duration_seconds", syncMatch: []string{`consumer="proxy"`},
-		nftTable: map[string]string{"nftables": "bridge-agent"}[p.Mode],
-		stop:     func() { _ = a.Stop(); e.reap(e.tb.VMNetns) },
-		exited:   a.Exited,
-		agent:    a,
+		nftTable:     map[string]string{"nftables": "bridge-agent"}[p.Mode],
+		stop:         func() { _ = a.Stop(); e.reap(e.tb.VMNetns) },
+		exited:       a.Exited,
+		agent:        a,
+		statusSocket: cfg.HostPath(cfg.StatusSocket), dir: dir,
 	}, nil
 }
 
@@ -287,4 +296,41 @@ func (p *peer) informersSynced() (time.Time, bool) {
 		}
 	}
 	return last, n >= 2
+}
+
+// saveHeap writes the agent's heap profile to its directory as
+// heap-<name>.pb.gz; nothing for kube-proxy or without -profile.
+func (e *env) saveHeap(ctx context.Context, pr *peer, name string) (string, error) {
+	if !e.profile || pr.agent == nil {
+		return "", nil
+	}
+	client := &http.Client{
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", pr.statusSocket)
+		}},
+		Timeout: 30 * time.Second,
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/debug/pprof/heap?gc=1", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("heap profile: %s", resp.Status)
+	}
+	path := filepath.Join(pr.dir, "heap-"+name+".pb.gz")
+	f, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return "", err
+	}
+	return path, f.Close()
 }

@@ -128,6 +128,12 @@ func (b *bench) measurePeer(ctx context.Context, r *peerRun, log *slog.Logger, d
 		log.Warn("counting rules", "err", err)
 	}
 
+	if path, err := e.saveHeap(ctx, pr, "synced"); err != nil {
+		log.Warn("heap profile", "err", err)
+	} else if path != "" {
+		log.Info("heap profile", "path", path)
+	}
+
 	// Idle: nothing changes; periodic resyncs are part of the cost.
 	time.Sleep(time.Second)
 	s0, _ := sampleProc(pr.pid)
@@ -156,6 +162,11 @@ func (b *bench) measurePeer(ctx context.Context, r *peerRun, log *slog.Logger, d
 			log.Warn("data path", "err", err)
 		}
 		r.Datapath = d
+	}
+	if path, err := e.saveHeap(ctx, pr, "end"); err != nil {
+		log.Warn("heap profile", "err", err)
+	} else if path != "" {
+		log.Info("heap profile", "path", path)
 	}
 	s2, err := sampleProc(pr.pid)
 	if err == nil {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"slices"
@@ -15,17 +16,19 @@ import (
 	"github.com/bridge-agent/bridge-agent/internal/atomicfile"
 )
 
-// snapshotFormat is the version of the saved snapshot's layout. A file of
-// another format is refused, never half-read.
-const snapshotFormat = 1
+// snapshotFormat is the version of the saved snapshot's layout; files of
+// format 1 (the same fields, written whole) are read too. A file of another
+// format is refused, never half-read.
+const snapshotFormat = 2
 
 // savedSnapshot is the file SaveSnapshot writes: the data and, beside it,
-// the SHA-256 of exactly those bytes.
+// the SHA-256 of exactly those bytes. Format 2 writes the checksum after
+// the data, so that the data can be streamed to the file.
 type savedSnapshot struct {
 	Format  int             `json:"format"`
 	SavedAt time.Time       `json:"savedAt"`
-	SHA256  string          `json:"sha256"`
 	Data    json.RawMessage `json:"data"`
+	SHA256  string          `json:"sha256"`
 }
 
 type snapshotData struct {
@@ -39,30 +42,87 @@ type snapshotData struct {
 // SaveSnapshot writes snap to path as the last snapshot known good: a temporary
 // file in the same directory, synced, then renamed over path, so a crash
 // leaves either the old file or the new one, never a torn one. The file is
-// readable by root only; it holds no secret, but names every Service.
+// readable by root only; it holds no secret, but names every Service. The
+// data is encoded one Service at a time into the file: at 10k Services the
+// file is some 15 MB, which is never held in memory.
 func SaveSnapshot(path string, snap *Snapshot, now time.Time) error {
-	d := snapshotData{
-		Version:  snap.Version,
-		Time:     snap.Time,
-		Services: snap.SortedServices(),
-		Nodes:    snap.SortedNodes(),
-	}
-	for _, p := range snap.ServiceCIDRs {
-		d.ServiceCIDRs = append(d.ServiceCIDRs, p.String())
-	}
-	data, err := json.Marshal(d)
+	err := atomicfile.Write(path, 0o600, func(w io.Writer) error {
+		head, err := json.Marshal(savedSnapshot{Format: snapshotFormat, SavedAt: now.UTC()})
+		if err != nil {
+			return err
+		}
+		// Everything up to "data": of the envelope, then the data, then
+		// the checksum.
+		i := bytes.Index(head, []byte(`"data":`))
+		if i < 0 {
+			return errors.New("envelope without data")
+		}
+		if _, err := w.Write(head[:i+len(`"data":`)]); err != nil {
+			return err
+		}
+		h := sha256.New()
+		if err := writeSnapshotData(io.MultiWriter(w, h), snap); err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(w, `,"sha256":%q}`+"\n", hex.EncodeToString(h.Sum(nil)))
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("save snapshot: %w", err)
-	}
-	sum := sha256.Sum256(data)
-	out, err := json.Marshal(savedSnapshot{Format: snapshotFormat, SavedAt: now.UTC(), SHA256: hex.EncodeToString(sum[:]), Data: data})
-	if err != nil {
-		return fmt.Errorf("save snapshot: %w", err)
-	}
-	if err := atomicfile.WriteFile(path, out, 0o600); err != nil {
 		return fmt.Errorf("save snapshot: %w", err)
 	}
 	return nil
+}
+
+// writeSnapshotData writes snapshotData for snap as JSON, one element of
+// the lists at a time.
+func writeSnapshotData(w io.Writer, snap *Snapshot) error {
+	var cidrs []string
+	for _, p := range snap.ServiceCIDRs {
+		cidrs = append(cidrs, p.String())
+	}
+	head, err := json.Marshal(struct {
+		Version uint64    `json:"version"`
+		Time    time.Time `json:"time"`
+	}{snap.Version, snap.Time})
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(head[:len(head)-1]); err != nil { // without the closing brace
+		return err
+	}
+	list := func(name string, n int, item func(i int) any) error {
+		if _, err := io.WriteString(w, `,"`+name+`":[`); err != nil {
+			return err
+		}
+		for i := range n {
+			b, err := json.Marshal(item(i))
+			if err != nil {
+				return err
+			}
+			if i > 0 {
+				b = append([]byte{','}, b...)
+			}
+			if _, err := w.Write(b); err != nil {
+				return err
+			}
+		}
+		_, err := io.WriteString(w, "]")
+		return err
+	}
+	svcs, nodes := snap.SortedServices(), snap.SortedNodes()
+	if err := list("services", len(svcs), func(i int) any { return svcs[i] }); err != nil {
+		return err
+	}
+	if err := list("nodes", len(nodes), func(i int) any { return nodes[i] }); err != nil {
+		return err
+	}
+	if len(cidrs) > 0 {
+		if err := list("serviceCIDRs", len(cidrs), func(i int) any { return cidrs[i] }); err != nil {
+			return err
+		}
+	}
+	_, err = io.WriteString(w, "}")
+	return err
 }
 
 // ErrNoSavedSnapshot is returned by LoadSnapshot when there is no file.
@@ -84,7 +144,7 @@ func LoadSnapshot(path string) (*Snapshot, error) {
 	if err := json.Unmarshal(raw, &f); err != nil {
 		return nil, fmt.Errorf("load snapshot %s: %w", path, err)
 	}
-	if f.Format != snapshotFormat {
+	if f.Format != snapshotFormat && f.Format != 1 {
 		return nil, fmt.Errorf("load snapshot %s: format %d, want %d", path, f.Format, snapshotFormat)
 	}
 	sum := sha256.Sum256(f.Data)

@@ -90,6 +90,39 @@ func TestSnapshotSaveLoad(t *testing.T) {
 	}
 }
 
+// TestSnapshotLoadFormat1: a file written whole by the first format (the
+// checksum before the data) still loads, after an upgrade.
+func TestSnapshotLoadFormat1(t *testing.T) {
+	snap := savedTestSnapshot()
+	d := snapshotData{Version: snap.Version, Time: snap.Time, Services: snap.SortedServices(), Nodes: snap.SortedNodes()}
+	data, err := json.Marshal(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := struct {
+		Format  int             `json:"format"`
+		SavedAt time.Time       `json:"savedAt"`
+		SHA256  string          `json:"sha256"`
+		Data    json.RawMessage `json:"data"`
+	}{1, time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC), sha256Hex(data), data}
+	b, err := json.Marshal(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "snapshot.json")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadSnapshot(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Services) != len(snap.Services) || len(got.Nodes) != len(snap.Nodes) || got.Version != snap.Version {
+		t.Errorf("format 1: %d services, %d nodes, version %d; want %d, %d, %d",
+			len(got.Services), len(got.Nodes), got.Version, len(snap.Services), len(snap.Nodes), snap.Version)
+	}
+}
+
 func TestSnapshotLoadRefusesDamage(t *testing.T) {
 	dir := t.TempDir()
 	if _, err := LoadSnapshot(filepath.Join(dir, "none.json")); !errors.Is(err, ErrNoSavedSnapshot) {
@@ -113,7 +146,7 @@ func TestSnapshotLoadRefusesDamage(t *testing.T) {
 	for name, tc := range map[string]struct{ content, want string }{
 		"flipped byte in data": {strings.Replace(string(good), "orders", "ordert", 1), "checksum mismatch"},
 		"truncated":            {string(good[:len(good)/2]), "unexpected end"},
-		"other format":         {reencode(func(s *savedSnapshot) { s.Format = 2 }), "format 2"},
+		"other format":         {reencode(func(s *savedSnapshot) { s.Format = 3 }), "format 3"},
 		"empty":                {"", "unexpected end"},
 		"null service": {reencode(func(s *savedSnapshot) {
 			s.Data = json.RawMessage(`{"version":1,"time":"2026-11-25T00:00:00Z","services":[null],"nodes":[]}`)

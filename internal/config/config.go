@@ -59,6 +59,9 @@ type Config struct {
 	HealthzBindAddress string `json:"healthzBindAddress,omitempty"`
 	// MetricsBindAddress serves Prometheus /metrics ("" disables).
 	MetricsBindAddress string `json:"metricsBindAddress,omitempty"`
+	// EnableProfiling serves Go's /debug/pprof/ handlers on the status
+	// socket (local, root only), never on a TCP address (default false).
+	EnableProfiling bool `json:"enableProfiling,omitempty"`
 
 	// Scope limits which Services the agent handles.
 	Scope Scope `json:"scope,omitempty"`

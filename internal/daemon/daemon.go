@@ -1,6 +1,7 @@
 // Package daemon is the agent's run loop: it watches the cluster, builds a
-// snapshot on every coalesced sync, hands it to each consumer (proxy, routes,
-// DNS) and serves health, metrics and status. It never exits on a sync or API
+// snapshot on every coalesced change, publishes it to each consumer (proxy,
+// routes, DNS), each synced in a loop of its own, and serves health, metrics
+// and status. It never exits on a sync or API
 // error: it logs, counts, reports not-ready and retries.
 package daemon
 
@@ -11,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync"
@@ -70,7 +72,9 @@ type Daemon struct {
 	consumers []Consumer
 	tracker   *cluster.Tracker
 	watcher   *cluster.Watcher
-	runner    *Runner
+	runner    *Runner // publishes snapshots to the workers
+	workers   []*worker
+	saver     *Runner // saves the snapshot known good
 	metrics   *metrics
 	notify    *notifier
 	start     time.Time
@@ -83,7 +87,11 @@ type Daemon struct {
 	restoreErr  string
 	saved       *cluster.Snapshot // the snapshot last written to disk
 	savedAt     time.Time
-	snap        *cluster.Snapshot
+	snap        *cluster.Snapshot // the newest published snapshot
+	seq         uint64            // publication number of snap
+	publishedAt time.Time
+	doneSnap    *cluster.Snapshot // the newest snapshot every consumer synced
+	doneSeq     uint64
 	ready       bool
 	lastSync    SyncInfo
 	lastSuccess time.Time
@@ -112,7 +120,9 @@ func New(o Options) (*Daemon, error) {
 	for _, c := range d.consumers {
 		d.consumerSt[c.Name()] = &ConsumerState{Name: c.Name()}
 	}
-	d.runner = NewRunner(d.sync, o.Config.Proxy.MinSyncPeriod.Duration, o.Config.Proxy.SyncPeriod.Duration)
+	d.runner = NewRunner(d.publish, o.Config.Proxy.MinSyncPeriod.Duration, o.Config.Proxy.SyncPeriod.Duration)
+	d.newWorkers()
+	d.saver = NewRunner(func(context.Context) error { d.saveSnapshot(); return nil }, saveEvery, o.Config.Proxy.SyncPeriod.Duration)
 	d.tracker = cluster.NewTracker(cluster.TrackerOptions{
 		Namespaces:       o.Config.Scope.Namespaces,
 		ServiceProxyName: o.Config.Scope.ServiceProxyName,
@@ -160,13 +170,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.watcher.Start(ctx)
 	wg.Go(func() { d.waitForSync(ctx) })
 	wg.Go(func() { d.runner.Run(ctx) })
+	for _, w := range d.workers {
+		wg.Go(func() { w.runner.Run(ctx) })
+	}
+	wg.Go(func() { d.saver.Run(ctx) })
 	if iv := watchdogInterval(); iv > 0 {
 		wg.Go(func() { d.watchdog(ctx, iv) })
 	}
 
 	<-ctx.Done()
 	d.log.Info("shutting down")
-	d.saveSnapshot(true)
 	_ = d.notify.send("STOPPING=1")
 	shutdownCtx, done := context.WithTimeout(context.Background(), 5*time.Second)
 	defer done()
@@ -174,6 +187,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		_ = s.srv.Shutdown(shutdownCtx)
 	}
 	wg.Wait()
+	d.saveSnapshot()
 	d.watcher.Shutdown()
 	if sock := d.cfg.HostPath(d.cfg.StatusSocket); sock != "" {
 		_ = os.Remove(sock)
@@ -260,12 +274,14 @@ func (d *Daemon) restoreSnapshot() {
 	d.runner.Poke()
 }
 
-// saveSnapshot writes the current live snapshot to the state directory when
-// it changed since the last write, at most every saveEvery unless force.
-func (d *Daemon) saveSnapshot(force bool) {
+// saveSnapshot writes the newest live snapshot every consumer has synced
+// (the snapshot known good) to the state directory when it changed since
+// the last write. The saver runner calls it at most every saveEvery, off
+// the consumers' loops; shutdown calls it once more.
+func (d *Daemon) saveSnapshot() {
 	d.mu.Lock()
-	snap := d.snap
-	due := snap != nil && snap.Restored.IsZero() && snap != d.saved && (force || time.Since(d.savedAt) >= saveEvery)
+	snap := d.doneSnap
+	due := snap != nil && snap.Restored.IsZero() && snap != d.saved
 	d.mu.Unlock()
 	if !due {
 		return
@@ -281,7 +297,10 @@ func (d *Daemon) saveSnapshot(force bool) {
 	d.log.Debug("snapshot saved", "version", snap.Version, "path", d.statePath)
 }
 
-func (d *Daemon) sync(ctx context.Context) error {
+// publish takes the newest snapshot (the live one, or the saved one while
+// the API server cannot be reached) and hands it to every consumer's
+// worker.
+func (d *Daemon) publish(context.Context) error {
 	var snap *cluster.Snapshot
 	if d.watcher.HasSynced() {
 		snap = d.tracker.Snapshot()
@@ -300,77 +319,35 @@ func (d *Daemon) sync(ctx context.Context) error {
 			return nil
 		}
 	}
-	start := time.Now()
-	var errs []error
-	for _, c := range d.consumers {
-		cstart := time.Now()
-		err := c.Sync(ctx, snap)
-		d.metrics.syncDuration.WithLabelValues(c.Name()).Observe(time.Since(cstart).Seconds())
-		d.mu.Lock()
-		st := d.consumerSt[c.Name()]
-		if err != nil {
-			st.LastError = err.Error()
-			errs = append(errs, fmt.Errorf("%s: %w", c.Name(), err))
-			d.metrics.syncs.WithLabelValues(c.Name(), "error").Inc()
-		} else {
-			st.LastError, st.LastSync = "", time.Now()
-			d.metrics.syncs.WithLabelValues(c.Name(), "success").Inc()
-		}
-		d.mu.Unlock()
-	}
-	err := errors.Join(errs...)
-	elapsed := time.Since(start)
-	d.metrics.syncDuration.WithLabelValues("all").Observe(elapsed.Seconds())
-	d.metrics.services.Set(float64(len(snap.Services)))
-	d.metrics.endpoints.Set(float64(snap.EndpointCount()))
-
 	d.mu.Lock()
-	first := !d.ready && err == nil
-	fresh := d.snap != snap
-	d.snap = snap
-	d.lastSync = SyncInfo{Time: start, Duration: elapsed, SnapshotVersion: snap.Version, Error: errString(err), Count: d.lastSync.Count + 1}
-	if err == nil {
-		d.ready = true
-		d.lastSuccess = time.Now()
+	if d.snap != snap {
+		d.seq++
+		d.snap, d.publishedAt = snap, time.Now()
 	}
 	d.mu.Unlock()
-
-	if err != nil {
-		d.metrics.syncs.WithLabelValues("all", "error").Inc()
-		d.log.Error("sync failed; will retry", "snapshot", snap.Version, "err", err)
-		return err
+	d.metrics.services.Set(float64(len(snap.Services)))
+	d.metrics.endpoints.Set(float64(snap.EndpointCount()))
+	for _, w := range d.workers {
+		w.runner.Poke()
 	}
-	if snap.Restored.IsZero() {
-		d.watcher.ClearError()
-		d.saveSnapshot(false)
-	}
-	d.metrics.syncs.WithLabelValues("all", "success").Inc()
-	d.metrics.lastSuccess.SetToCurrentTime()
-	d.log.Log(ctx, levelFor(fresh), "synced", "snapshot", snap.Version, "services", len(snap.Services),
-		"changed", len(snap.Changed), "endpoints", snap.EndpointCount(), "nodes", len(snap.Nodes), "took", elapsed)
-	if first {
-		d.metrics.ready.Set(1)
-		d.log.Info("ready: first full sync done", "services", len(snap.Services), "took", time.Since(d.start).Round(time.Millisecond))
-		if err := d.notify.send("READY=1"); err != nil {
-			d.log.Warn("sd_notify failed", "err", err)
+	if len(d.workers) == 0 {
+		d.mu.Lock()
+		fresh, first := d.doneSnap != snap, !d.ready
+		if fresh {
+			d.doneSnap, d.doneSeq, d.ready, d.lastSuccess = snap, d.seq, true, time.Now()
+		}
+		d.mu.Unlock()
+		if fresh {
+			d.snapshotDone(snap, 0, first)
 		}
 	}
 	return nil
 }
 
-// levelFor keeps periodic syncs of an unchanged snapshot out of the
-// default log.
-func levelFor(fresh bool) slog.Level {
-	if fresh {
-		return slog.LevelInfo
-	}
-	return slog.LevelDebug
-}
-
 // healthy reports whether the sync loop keeps up: no change has waited for
 // longer than two resync periods (plus the minimum interval).
 func (d *Daemon) healthy() (bool, string) {
-	pending := d.runner.PendingSince()
+	pending := d.oldestPending()
 	limit := 2*d.cfg.Proxy.SyncPeriod.Duration + d.cfg.Proxy.MinSyncPeriod.Duration
 	if !pending.IsZero() && time.Since(pending) > limit && d.watcher.HasSynced() {
 		return false, fmt.Sprintf("a change has waited %s for a sync (limit %s)", time.Since(pending).Round(time.Second), limit)
@@ -485,6 +462,13 @@ func (d *Daemon) listen() ([]server, error) {
 	sm.HandleFunc("/status", d.serveStatus)
 	sm.HandleFunc("/healthz", d.serveHealthz)
 	sm.HandleFunc("/readyz", d.serveReadyz)
+	if d.cfg.EnableProfiling {
+		sm.HandleFunc("/debug/pprof/", pprof.Index)
+		sm.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		sm.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		sm.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		sm.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	out = append(out, server{srv: &http.Server{Handler: sm, ReadHeaderTimeout: 5 * time.Second}, ln: ln})
 	return out, nil
 }

@@ -55,6 +55,11 @@ func (c *recordingConsumer) lastSnapshot() *cluster.Snapshot {
 
 func newTestDaemon(t *testing.T, cons Consumer, objs ...any) (*Daemon, *fake.Clientset, func()) {
 	t.Helper()
+	return newTestDaemonWith(t, []Consumer{cons})
+}
+
+func newTestDaemonWith(t *testing.T, consumers []Consumer) (*Daemon, *fake.Clientset, func()) {
+	t.Helper()
 	cfg := config.Default()
 	cfg.HostRoot = t.TempDir()
 	cfg.HealthzBindAddress, cfg.MetricsBindAddress = "", ""
@@ -63,7 +68,7 @@ func newTestDaemon(t *testing.T, cons Consumer, objs ...any) (*Daemon, *fake.Cli
 	d, err := New(Options{
 		Config: cfg, Client: client, APIHost: "fake", Version: "test",
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Consumers: []Consumer{cons},
+		Consumers: consumers,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -135,6 +140,78 @@ func TestDaemonReadinessAndConsumers(t *testing.T) {
 	if rec.Code != 200 {
 		t.Errorf("healthz: %d", rec.Code)
 	}
+}
+
+// blockingConsumer blocks in Sync until released, and records every
+// snapshot it was given.
+type blockingConsumer struct {
+	name    string
+	release chan struct{}
+	mu      sync.Mutex
+	seen    []*cluster.Snapshot
+}
+
+func (c *blockingConsumer) Name() string { return c.name }
+
+func (c *blockingConsumer) Sync(ctx context.Context, s *cluster.Snapshot) error {
+	c.mu.Lock()
+	c.seen = append(c.seen, s)
+	c.mu.Unlock()
+	select {
+	case <-c.release:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+func (c *blockingConsumer) calls() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.seen)
+}
+
+// TestSlowConsumerDoesNotHoldOthers: every consumer syncs in a loop of its
+// own, so while one is stuck in a sync (a large DNS zone being built), the
+// others still get every new snapshot; the agent is ready only once all of
+// them have synced.
+func TestSlowConsumerDoesNotHoldOthers(t *testing.T) {
+	slow := &blockingConsumer{name: "slow", release: make(chan struct{})}
+	fast := &recordingConsumer{}
+	d, client, stop := newTestDaemonWith(t, []Consumer{slow, fast})
+	defer stop()
+	ctx := context.Background()
+	has := func(name string) func() bool {
+		return func() bool {
+			s := fast.lastSnapshot()
+			return s != nil && s.Services[cluster.ServiceKey{Namespace: "shop", Name: name}] != nil
+		}
+	}
+	for _, name := range []string{"orders", "billing"} {
+		_, err := client.CoreV1().Services("shop").Create(ctx, &v1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name},
+			Spec:       v1.ServiceSpec{ClusterIP: "10.96.0.20", ClusterIPs: []string{"10.96.0.20"}, Ports: []v1.ServicePort{{Port: 80}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, 5*time.Second, has(name))
+	}
+	if n := slow.calls(); n != 1 {
+		t.Errorf("the slow consumer, stuck in its first sync, was called %d times", n)
+	}
+	if st := d.Status(); st.Ready {
+		t.Errorf("ready while a consumer has not synced: %+v", st)
+	}
+	close(slow.release)
+	waitUntil(t, 5*time.Second, func() bool { return d.Status().Ready })
+	// The slow consumer catches up with the newest snapshot, skipping
+	// those published while it was busy.
+	waitUntil(t, 5*time.Second, func() bool {
+		slow.mu.Lock()
+		defer slow.mu.Unlock()
+		last := slow.seen[len(slow.seen)-1]
+		return last.Services[cluster.ServiceKey{Namespace: "shop", Name: "billing"}] != nil
+	})
 }
 
 // TestSDNotify: under systemd (NOTIFY_SOCKET set) the agent says READY=1

@@ -57,7 +57,8 @@
 // other chains with our prefix are removed only by cleanup.
 //
 // Syncs are full or partial, as kube-proxy's. A full sync (the first, the
-// first after a failed write, and one every FullSyncPeriod) checks the jumps,
+// first after a failed write, one every FullSyncPeriod (an hour), and one
+// when the check every CheckPeriod finds a jump missing) checks the jumps,
 // lists the chains of both tables with iptables-save, renders every chain
 // and restores them all, which repairs chains or jumps someone else removed.
 // In between, a sync is partial: it checks and lists nothing, since the
@@ -163,10 +164,17 @@
 // and an unchanged Service keeps its pointer, so this finds every change
 // even when snapshots were skipped, at a few milliseconds for 50,000
 // Services), re-renders only the changed Services, and sends only the
-// difference of their groups and of the shared chains. Every FullSyncPeriod
-// the whole table is rendered again, and the chains and static sets are
-// flushed and refilled in one transaction, which repairs deleted elements or
-// a flushed table while keeping the affinity records. A full write costs
+// difference of their groups and of the shared chains. Every CheckPeriod
+// (proxy.syncPeriod) the skeleton of the tables is listed ("nft -j -t list
+// ruleset": chains, rules and sets without their elements, milliseconds at
+// any size) and compared with what was written: a deleted or flushed table,
+// a chain missing or holding a different number of rules, a missing set
+// makes that sync a full write. Every FullSyncPeriod (an hour) the whole
+// table is rendered again, and the chains and static sets are flushed and
+// refilled in one transaction, which also repairs deleted elements while
+// keeping the affinity records. A full write at 10k Services takes about a
+// second, and changes wait for it; doing it hourly rather than every
+// syncPeriod keeps that out of the change latency. A full write costs
 // about the same whether the table is recreated or flushed in place: nearly
 // all of it is nft parsing the elements (around 6 µs and 1.6 KiB of nft
 // memory per element), so an agent restart recreates the table.

@@ -27,10 +27,16 @@ type IPTablesOptions struct {
 	Zone string
 	// FullSyncPeriod is how often a sync is full (checking the jumps,
 	// listing the chains and restoring every chain, even unchanged), which
-	// repairs chains and jumps someone else removed; syncs in between are
-	// partial (default 1 minute).
+	// repairs chains and rules someone else removed or changed; syncs in
+	// between are partial (default 1 hour, as kube-proxy's).
 	FullSyncPeriod time.Duration
-	Logger         *slog.Logger
+	// CheckPeriod is how often, between full syncs, the jumps into the
+	// agent's chains are checked (iptables -C, a few commands whatever the
+	// number of Services); a missing one, as after a firewall reload that
+	// flushed the built-in chains, makes that sync full (default 1
+	// minute; the daemon passes proxy.syncPeriod).
+	CheckPeriod time.Duration
+	Logger      *slog.Logger
 }
 
 // IPTables is the iptables backend: a consumer of cluster snapshots that
@@ -45,6 +51,8 @@ type IPTables struct {
 	metrics *proxyMetrics
 
 	applied map[Family]*appliedState
+	// checked is when the jumps of each family were last checked.
+	checked map[Family]time.Time
 
 	mu      sync.Mutex // guards stats and written, read by Status concurrently with Sync
 	stats   map[Family]RenderStats
@@ -86,13 +94,17 @@ func NewIPTables(ctx context.Context, o IPTablesOptions) (*IPTables, error) {
 
 func newIPTables(o IPTablesOptions, x xtables, ct conntrackCleaner) *IPTables {
 	if o.FullSyncPeriod == 0 {
-		o.FullSyncPeriod = time.Minute
+		o.FullSyncPeriod = time.Hour
+	}
+	if o.CheckPeriod == 0 {
+		o.CheckPeriod = time.Minute
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &IPTables{
-		opts: o, x: x, conntrack: ct, log: o.Logger, now: time.Now, metrics: newProxyMetrics(),
+		checked: map[Family]time.Time{},
+		opts:    o, x: x, conntrack: ct, log: o.Logger, now: time.Now, metrics: newProxyMetrics(),
 		applied: map[Family]*appliedState{},
 		stats:   map[Family]RenderStats{},
 		written: map[Family]time.Time{},
@@ -144,6 +156,10 @@ func (p *IPTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 	}
 	full := last == nil || now.Sub(last.full) >= p.opts.FullSyncPeriod ||
 		last.masquerade != p.opts.Masquerade || last.mark != mark || last.zone != p.opts.Zone
+	if !full && now.Sub(p.checked[fam]) >= p.opts.CheckPeriod {
+		p.checked[fam] = now
+		full = !p.jumpsPresent(fam)
+	}
 	if !full {
 		if last.snap == snap {
 			return nil
@@ -193,8 +209,23 @@ func (p *IPTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 	if last != nil {
 		clearStaleUDP(p.conntrack, p.log, udpServicePorts(last.snap, fam, p.opts.Zone), udpServicePorts(snap, fam, p.opts.Zone))
 	}
+	p.checked[fam] = now
 	p.recordWrite(fam, snap, now, now, mark, stats, "full", len(payload))
 	return nil
+}
+
+// jumpsPresent reports whether every jump into the agent's chains is in
+// place; when one is not, it logs why.
+func (p *IPTables) jumpsPresent(fam Family) bool {
+	for _, j := range IPTablesJumps() {
+		ok, err := p.x.JumpExists(fam, j)
+		if err != nil || !ok {
+			p.log.Warn("iptables: a jump into the agent's chains is gone; rewriting every chain", "family", fam.String(),
+				"table", j.Table, "chain", j.Chain, "err", err)
+			return false
+		}
+	}
+	return true
 }
 
 // partialSync writes what changed since last (see Sync).

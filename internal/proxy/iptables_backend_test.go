@@ -240,13 +240,22 @@ func TestIPTablesBackendSync(t *testing.T) {
 		t.Fatalf("no-op sync wrote rules: restores=%d err=%v", x.restores, err)
 	}
 
-	// Someone flushes our jumps: restored and re-inserted by the next
-	// full sync, not before (syncs in between check nothing).
-	clear(x.jumps[IPv4])
-	if err := p.Sync(ctx, s1); err != nil || x.restores != 1 || len(x.jumps[IPv4]) != 0 {
-		t.Fatalf("sync between full syncs: restores=%d %s err=%v", x.restores, x.dump(IPv4), err)
+	// Every CheckPeriod the jumps are checked, and only they: no listing,
+	// no restore while they are in place.
+	clock = clock.Add(time.Minute)
+	checks, listings := x.jumpChecks, x.listings
+	if err := p.Sync(ctx, s1); err != nil || x.restores != 1 || x.jumpChecks != checks+len(IPTablesJumps()) || x.listings != listings {
+		t.Fatalf("check: restores=%d jump checks %d -> %d listings %d -> %d err=%v", x.restores, checks, x.jumpChecks, listings, x.listings, err)
 	}
-	clock = clock.Add(time.Hour)
+
+	// Someone flushes our jumps (a firewall reload): restored and
+	// re-inserted by the first sync after the check period, not before.
+	clear(x.jumps[IPv4])
+	clock = clock.Add(30 * time.Second)
+	if err := p.Sync(ctx, s1); err != nil || x.restores != 1 || len(x.jumps[IPv4]) != 0 {
+		t.Fatalf("sync within the check period: restores=%d %s err=%v", x.restores, x.dump(IPv4), err)
+	}
+	clock = clock.Add(30 * time.Second)
 	if err := p.Sync(ctx, s1); err != nil || x.restores != 2 || len(x.jumps[IPv4]) != len(IPTablesJumps()) {
 		t.Fatalf("repair: restores=%d %s err=%v", x.restores, x.dump(IPv4), err)
 	}

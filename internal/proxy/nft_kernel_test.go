@@ -69,17 +69,33 @@ func (r *recordingRunner) Run(ctx context.Context, script []byte) error {
 	return r.nftRunner.Run(ctx, script)
 }
 
-func TestNFTablesKernel(t *testing.T) {
-	ns := nftNetns(t)
-	ctx := context.Background()
-	x := netnsNFT(ns)
-	if ok, reason := nftSupported(ctx, x); !ok {
+// listSkeleton lists with the wrapped runner, which must be an nftLister.
+func (r *recordingRunner) listSkeleton(ctx context.Context) ([]byte, error) {
+	return r.nftRunner.(nftLister).listSkeleton(ctx)
+}
+
+// newKernelNFTables returns a backend writing into a fresh test namespace
+// through a recordingRunner, with a controlled clock; no conntrack cleaner,
+// which would act on this process's namespace.
+func newKernelNFTables(t *testing.T, o NFTablesOptions) (p *NFTables, ns string, x *execNFT, rec *recordingRunner, clock *time.Time) {
+	t.Helper()
+	ns = nftNetns(t)
+	x = netnsNFT(ns)
+	if ok, reason := nftSupported(context.Background(), x); !ok {
 		t.Fatalf("nftables not supported: %s", reason)
 	}
-	rec := &recordingRunner{nftRunner: x}
-	// No conntrack cleaner: it would act on this process's namespace.
-	p := newNFTables(NFTablesOptions{Masquerade: true, FullSyncPeriod: time.Hour}, rec, nil)
-	clock := time.Unix(1000, 0)
+	rec = &recordingRunner{nftRunner: x}
+	p = newNFTables(o, rec, nil)
+	clock = new(time.Time)
+	*clock = time.Unix(1000, 0)
+	p.now = func() time.Time { return *clock }
+	return p, ns, x, rec, clock
+}
+
+func TestNFTablesKernel(t *testing.T) {
+	ctx := context.Background()
+	p, ns, x, rec, clockp := newKernelNFTables(t, NFTablesOptions{Masquerade: true, FullSyncPeriod: time.Hour})
+	clock := *clockp
 	p.now = func() time.Time { return clock }
 	list := func(fam string) string { return inNetns(t, ns, "nft", "list", "table", fam, NFTablesTable) }
 

@@ -323,6 +323,21 @@ func (s *nftScript) declareAndFlush(rs *NFTRuleset) {
 // has are deleted.
 func nftFullScript(rs, prev *NFTRuleset, recreate bool) (script []byte, commands int) {
 	s := newNFTScript(rs.Family)
+	// Sized up front: at 10k Services the script is some 20 MB, and
+	// growing a buffer by doubling would leave as much again as garbage.
+	size := 4096
+	for i := range rs.Chains {
+		for _, r := range rs.Chains[i].Rules {
+			size += len(r) + 64
+		}
+	}
+	for i := range rs.Sets {
+		size += (len(rs.Sets[i].Elements)/nftElementsPerCommand + 1) * 64
+		for _, e := range rs.Sets[i].Elements {
+			size += len(e.Key) + len(e.Value) + len(e.Comment) + 16
+		}
+	}
+	s.b.Grow(size)
 	if recreate {
 		s.cmd("add", "table", "", "")
 		s.cmd("delete", "table", "", "")

@@ -24,9 +24,18 @@ type NFTablesOptions struct {
 	Zone           string
 	// FullSyncPeriod is how often the whole table is rewritten (flushed and
 	// refilled in one transaction) instead of only the changes, to repair
-	// anything someone else removed (default 1 minute).
+	// elements someone else removed or changed (default 1 hour, as
+	// kube-proxy's). At 10k Services a full write takes about a second and a
+	// change arriving meanwhile waits for it.
 	FullSyncPeriod time.Duration
-	Logger         *slog.Logger
+	// CheckPeriod is how often, between full writes, the table's skeleton
+	// is compared with what the agent wrote: the table, every chain with its
+	// number of rules, every set. A difference (a "flush ruleset" by a
+	// firewall reload, a deleted chain) makes that sync a full write. The
+	// listing leaves out set elements and takes milliseconds at any size
+	// (default 1 minute; the daemon passes proxy.syncPeriod).
+	CheckPeriod time.Duration
+	Logger      *slog.Logger
 }
 
 // NFTables is the nftables backend: a consumer of cluster snapshots that
@@ -44,6 +53,8 @@ type NFTables struct {
 	metrics   *proxyMetrics
 
 	applied map[Family]*nftApplied
+	// checked is when the tables' skeletons were last compared.
+	checked time.Time
 
 	nftMetrics *nftMetrics
 
@@ -98,7 +109,10 @@ func newNFTables(o NFTablesOptions, x nftRunner, ct conntrackCleaner) *NFTables 
 		o.Families = []Family{IPv4, IPv6}
 	}
 	if o.FullSyncPeriod == 0 {
-		o.FullSyncPeriod = time.Minute
+		o.FullSyncPeriod = time.Hour
+	}
+	if o.CheckPeriod == 0 {
+		o.CheckPeriod = time.Minute
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -125,10 +139,15 @@ func (p *NFTables) Collectors() []prometheus.Collector {
 
 // Sync implements daemon.Consumer. The first sync of a family (and the first
 // after a failure) recreates the table in one transaction; later ones send
-// only the element and chain changes; every FullSyncPeriod the table is
-// flushed and refilled to repair it. On error the kernel keeps its previous
+// only the element and chain changes; every CheckPeriod the table's skeleton
+// is checked, and rewritten when someone else changed it; every
+// FullSyncPeriod the table is flushed and refilled to repair it. On error the kernel keeps its previous
 // state and the next sync is a full one.
 func (p *NFTables) Sync(ctx context.Context, snap *cluster.Snapshot) error {
+	if now := p.now(); len(p.applied) > 0 && now.Sub(p.checked) >= p.opts.CheckPeriod {
+		p.checked = now
+		p.checkTables(ctx)
+	}
 	var errs []error
 	for _, fam := range p.opts.Families {
 		if err := p.syncFamily(ctx, snap, fam); err != nil {

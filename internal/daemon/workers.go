@@ -1,0 +1,149 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/bridge-agent/bridge-agent/internal/cluster"
+)
+
+// worker runs one consumer in a loop of its own. The daemon publishes each
+// snapshot to every worker; a worker syncs its consumer with the newest one
+// as soon as the previous sync of that consumer is done, so a slow consumer
+// (the DNS zone of a large cluster) never delays another (the proxy's
+// rules). Every worker retries its own failures with backoff and is called
+// every syncPeriod with an unchanged snapshot, so its consumer can verify
+// and repair what it owns.
+type worker struct {
+	c      Consumer
+	runner *Runner
+	// Guarded by Daemon.mu: the snapshot of the consumer's last successful
+	// sync and its publication number, and the last sync's error.
+	good    *cluster.Snapshot
+	goodSeq uint64
+	goodAt  time.Time // when good was published
+	err     error
+}
+
+func (d *Daemon) newWorkers() {
+	for _, c := range d.consumers {
+		w := &worker{c: c}
+		// No minimum interval of its own: the publishing runner already
+		// spaces snapshots by proxy.minSyncPeriod.
+		w.runner = NewRunner(func(ctx context.Context) error { return d.runWorker(ctx, w) }, 0, d.cfg.Proxy.SyncPeriod.Duration)
+		d.workers = append(d.workers, w)
+	}
+}
+
+// runWorker syncs w's consumer with the newest published snapshot.
+func (d *Daemon) runWorker(ctx context.Context, w *worker) error {
+	d.mu.Lock()
+	snap, seq, published := d.snap, d.seq, d.publishedAt
+	d.mu.Unlock()
+	if snap == nil {
+		return nil
+	}
+	start := time.Now()
+	err := w.c.Sync(ctx, snap)
+	took := time.Since(start)
+	d.metrics.syncDuration.WithLabelValues(w.c.Name()).Observe(took.Seconds())
+	if err != nil {
+		d.metrics.syncs.WithLabelValues(w.c.Name(), "error").Inc()
+	} else {
+		d.metrics.syncs.WithLabelValues(w.c.Name(), "success").Inc()
+	}
+	d.workerDone(w, snap, seq, published, err, start)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.log.Error("sync failed; will retry", "consumer", w.c.Name(), "snapshot", snap.Version, "err", err)
+		}
+		return fmt.Errorf("%s: %w", w.c.Name(), err)
+	}
+	return nil
+}
+
+// workerDone records a consumer's sync. A published snapshot is done once
+// every consumer's last sync succeeded with it or a newer one: it is then
+// logged and counted once, the agent is ready after the first, and it may
+// be saved as the snapshot known good. Under constant change a slow
+// consumer lags, and the done snapshot is the newest one it has synced.
+func (d *Daemon) workerDone(w *worker, snap *cluster.Snapshot, seq uint64, published time.Time, err error, start time.Time) {
+	d.mu.Lock()
+	st := d.consumerSt[w.c.Name()]
+	if err != nil {
+		st.LastError = err.Error()
+	} else {
+		st.LastError, st.LastSync = "", time.Now()
+		w.good, w.goodSeq, w.goodAt = snap, seq, published
+	}
+	w.err = err
+	var errs []error
+	var done *cluster.Snapshot
+	var doneSeq uint64
+	var doneAt time.Time
+	all := true
+	for _, o := range d.workers {
+		if o.err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", o.c.Name(), o.err))
+			all = false
+		}
+		if o.good == nil {
+			all = false
+		} else if done == nil || o.goodSeq < doneSeq {
+			done, doneSeq, doneAt = o.good, o.goodSeq, o.goodAt
+		}
+	}
+	joined := errors.Join(errs...)
+	d.lastSync = SyncInfo{Time: start, Duration: time.Since(start), SnapshotVersion: snap.Version, Error: errString(joined), Count: d.lastSync.Count + 1}
+	first, advanced := false, false
+	var elapsed time.Duration
+	if all && doneSeq > d.doneSeq {
+		advanced = true
+		d.doneSnap, d.doneSeq = done, doneSeq
+		elapsed = time.Since(doneAt)
+		first = !d.ready
+		d.ready = true
+		d.lastSuccess = time.Now()
+	}
+	d.mu.Unlock()
+	if err != nil {
+		d.metrics.syncs.WithLabelValues("all", "error").Inc()
+	}
+	if advanced {
+		d.snapshotDone(done, elapsed, first)
+	}
+}
+
+// snapshotDone reports a snapshot every consumer has synced.
+func (d *Daemon) snapshotDone(snap *cluster.Snapshot, elapsed time.Duration, first bool) {
+	d.metrics.syncs.WithLabelValues("all", "success").Inc()
+	d.metrics.syncDuration.WithLabelValues("all").Observe(elapsed.Seconds())
+	d.metrics.lastSuccess.SetToCurrentTime()
+	if snap.Restored.IsZero() {
+		d.watcher.ClearError()
+		d.saver.Poke()
+	}
+	d.log.Info("synced", "snapshot", snap.Version, "services", len(snap.Services),
+		"changed", len(snap.Changed), "endpoints", snap.EndpointCount(), "nodes", len(snap.Nodes), "took", elapsed)
+	if first {
+		d.metrics.ready.Set(1)
+		d.log.Info("ready: first full sync done", "services", len(snap.Services), "took", time.Since(d.start).Round(time.Millisecond))
+		if err := d.notify.send("READY=1"); err != nil {
+			d.log.Warn("sd_notify failed", "err", err)
+		}
+	}
+}
+
+// oldestPending returns when the oldest change still waiting for a sync
+// arrived, over the publishing runner and every worker (zero if none).
+func (d *Daemon) oldestPending() time.Time {
+	oldest := d.runner.PendingSince()
+	for _, w := range d.workers {
+		if p := w.runner.PendingSince(); !p.IsZero() && (oldest.IsZero() || p.Before(oldest)) {
+			oldest = p
+		}
+	}
+	return oldest
+}
