@@ -85,7 +85,7 @@ func NewWatcher(client kubernetes.Interface, t *Tracker, o WatchOptions) (*Watch
 			return nil, fmt.Errorf("watch: label selector: %w", err)
 		}
 	}
-	base := []informers.SharedInformerOption{informers.WithTransform(StripUnused)}
+	base := []informers.SharedInformerOption{informers.WithTransform(slimTransform(t.proxyName))}
 	if len(o.Namespaces) == 1 {
 		base = append(base, informers.WithNamespace(o.Namespaces[0]))
 	}
@@ -123,8 +123,8 @@ func NewWatcher(client kubernetes.Interface, t *Tracker, o WatchOptions) (*Watch
 		h   cache.ResourceEventHandlerFuncs
 	}{
 		{svcF.Core().V1().Services().Informer(), cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(obj any) { t.UpdateService(obj.(*v1.Service)) },
-			UpdateFunc: func(_, obj any) { t.UpdateService(obj.(*v1.Service)) },
+			AddFunc:    func(obj any) { t.updateSlimService(obj) },
+			UpdateFunc: func(_, obj any) { t.updateSlimService(obj) },
 			DeleteFunc: func(obj any) {
 				if ns, name, ok := deletedKey(obj); ok {
 					t.DeleteService(ns, name)
@@ -132,8 +132,8 @@ func NewWatcher(client kubernetes.Interface, t *Tracker, o WatchOptions) (*Watch
 			},
 		}},
 		{sliceF.Discovery().V1().EndpointSlices().Informer(), cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(obj any) { t.UpdateSlice(obj.(*discovery.EndpointSlice)) },
-			UpdateFunc: func(_, obj any) { t.UpdateSlice(obj.(*discovery.EndpointSlice)) },
+			AddFunc:    func(obj any) { t.updateSlimSlice(obj) },
+			UpdateFunc: func(_, obj any) { t.updateSlimSlice(obj) },
 			DeleteFunc: func(obj any) {
 				if ns, name, ok := deletedKey(obj); ok {
 					t.DeleteSlice(ns, name)

@@ -86,7 +86,14 @@ func (t *Tracker) UpdateService(s *v1.Service) {
 	if !t.inScope(s.Namespace) {
 		return
 	}
-	si := convertService(s, t.proxyName)
+	t.updateService(convertService(s, t.proxyName))
+}
+
+// updateService records a Service added or updated, converted.
+func (t *Tracker) updateService(si *serviceInfo) {
+	if !t.inScope(si.key.Namespace) {
+		return
+	}
 	t.mu.Lock()
 	t.services[si.key] = si
 	t.dirty[si.key] = struct{}{}
@@ -114,8 +121,16 @@ func (t *Tracker) UpdateSlice(es *discovery.EndpointSlice) {
 	if !t.inScope(es.Namespace) {
 		return
 	}
-	si := convertSlice(es)
-	ref := sliceRef{es.Namespace, es.Name}
+	t.updateSlice(es.Namespace, es.Name, convertSlice(es))
+}
+
+// updateSlice records an EndpointSlice added or updated, converted; si is
+// nil for a slice that belongs to no Service the agent handles.
+func (t *Tracker) updateSlice(namespace, name string, si *sliceInfo) {
+	if !t.inScope(namespace) {
+		return
+	}
+	ref := sliceRef{namespace, name}
 	t.mu.Lock()
 	t.forgetSliceLocked(ref)
 	if si != nil {
