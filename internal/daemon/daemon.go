@@ -62,6 +62,12 @@ const snapshotFile = "snapshot.json"
 // periodic resync writes what a burst left unsaved.
 const saveEvery = 5 * time.Second
 
+// saveCostShare bounds the time spent saving snapshots to a share of the
+// time between saves: a save that took 150 ms (10k Services) is followed by
+// at least 15 s without one (the periodic resync catches up), so a busy
+// cluster does not cost a core's worth of encoding.
+const saveCostShare = 100
+
 // Daemon is one running agent.
 type Daemon struct {
 	cfg       *config.Config
@@ -87,6 +93,7 @@ type Daemon struct {
 	restoreErr  string
 	saved       *cluster.Snapshot // the snapshot last written to disk
 	savedAt     time.Time
+	saveTook    time.Duration // how long the last save took
 	snap        *cluster.Snapshot // the newest published snapshot
 	seq         uint64            // publication number of snap
 	publishedAt time.Time
@@ -122,7 +129,7 @@ func New(o Options) (*Daemon, error) {
 	}
 	d.runner = NewRunner(d.publish, o.Config.Proxy.MinSyncPeriod.Duration, o.Config.Proxy.SyncPeriod.Duration)
 	d.newWorkers()
-	d.saver = NewRunner(func(context.Context) error { d.saveSnapshot(); return nil }, saveEvery, o.Config.Proxy.SyncPeriod.Duration)
+	d.saver = NewRunner(func(context.Context) error { d.saveSnapshot(false); return nil }, saveEvery, o.Config.Proxy.SyncPeriod.Duration)
 	d.tracker = cluster.NewTracker(cluster.TrackerOptions{
 		Namespaces:       o.Config.Scope.Namespaces,
 		ServiceProxyName: o.Config.Scope.ServiceProxyName,
@@ -187,7 +194,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		_ = s.srv.Shutdown(shutdownCtx)
 	}
 	wg.Wait()
-	d.saveSnapshot()
+	d.saveSnapshot(true)
 	d.watcher.Shutdown()
 	if sock := d.cfg.HostPath(d.cfg.StatusSocket); sock != "" {
 		_ = os.Remove(sock)
@@ -277,22 +284,25 @@ func (d *Daemon) restoreSnapshot() {
 // saveSnapshot writes the newest live snapshot every consumer has synced
 // (the snapshot known good) to the state directory when it changed since
 // the last write. The saver runner calls it at most every saveEvery, off
-// the consumers' loops; shutdown calls it once more.
-func (d *Daemon) saveSnapshot() {
+// the consumers' loops, and it skips a save due sooner than saveCostShare
+// times the last one's duration; shutdown calls it with force.
+func (d *Daemon) saveSnapshot(force bool) {
 	d.mu.Lock()
 	snap := d.doneSnap
-	due := snap != nil && snap.Restored.IsZero() && snap != d.saved
+	due := snap != nil && snap.Restored.IsZero() && snap != d.saved &&
+		(force || time.Since(d.savedAt) >= saveCostShare*d.saveTook)
 	d.mu.Unlock()
 	if !due {
 		return
 	}
-	if err := cluster.SaveSnapshot(d.statePath, snap, time.Now()); err != nil {
+	start := time.Now()
+	if err := cluster.SaveSnapshot(d.statePath, snap, start); err != nil {
 		d.metrics.saveErrors.Inc()
 		d.log.Error("cannot save the snapshot", "err", err)
 		return
 	}
 	d.mu.Lock()
-	d.saved, d.savedAt = snap, time.Now()
+	d.saved, d.savedAt, d.saveTook = snap, time.Now(), time.Since(start)
 	d.mu.Unlock()
 	d.log.Debug("snapshot saved", "version", snap.Version, "path", d.statePath)
 }
