@@ -182,8 +182,9 @@ func (e *env) startAgent(p peerSpec, pinCPU string) (*peer, error) {
 	}, nil
 }
 
-// kubeProxyConfig is kube-proxy's configuration for the second VM: the
-// admin kubeconfig, its Node's name, the pod range for masquerading, the
+// kubeProxyConfig is kube-proxy's configuration for the second VM: a
+// kubeconfig for user system:kube-proxy (ClusterRole system:node-proxier, as
+// on a kubeadm cluster), its Node's name, the pod range for masquerading, the
 // same sync periods as the agent's, metrics and health on loopback, and
 // conntrack sysctls left alone.
 const kubeProxyConfig = `apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -217,7 +218,7 @@ func (e *env) startKubeProxy(p peerSpec, pinCPU string) (*peer, error) {
 		return nil, err
 	}
 	conf := filepath.Join(dir, "kube-proxy.yaml")
-	data := fmt.Sprintf(kubeProxyConfig, e.tb.AdminKubeconfig, e.kpHost.Name, p.Mode, e.minSync, e.syncEvery)
+	data := fmt.Sprintf(kubeProxyConfig, e.tb.KubeProxyKubeconfig, e.kpHost.Name, p.Mode, e.minSync, e.syncEvery)
 	if err := os.WriteFile(conf, []byte(data), 0o644); err != nil {
 		return nil, err
 	}

@@ -28,11 +28,16 @@ type pki struct {
 	saKey, saPub        string
 	tokenFile           string
 	adminToken          string
+	kubeProxyToken      string
 }
 
 // adminUser is the testbed's own identity: a static token in system:masters
 // used by the testbed's client, kube-controller-manager and CoreDNS.
 const adminUser = "testbed-admin"
+
+// kubeProxyUser is kube-proxy's identity, as on a kubeadm cluster: the API
+// server's bootstrap policy binds ClusterRole system:node-proxier to it.
+const kubeProxyUser = "system:kube-proxy"
 
 // writePKI generates a CA, an API server serving certificate, a service
 // account signing key and the static token file into dir.
@@ -94,14 +99,15 @@ func writePKI(dir string) (*pki, error) {
 	}
 
 	p := &pki{
-		caPEM:       pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		caCert:      filepath.Join(dir, "ca.crt"),
-		servingCert: filepath.Join(dir, "apiserver.crt"),
-		servingKey:  filepath.Join(dir, "apiserver.key"),
-		saKey:       filepath.Join(dir, "sa.key"),
-		saPub:       filepath.Join(dir, "sa.pub"),
-		tokenFile:   filepath.Join(dir, "tokens.csv"),
-		adminToken:  randomHex(32),
+		caPEM:          pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		caCert:         filepath.Join(dir, "ca.crt"),
+		servingCert:    filepath.Join(dir, "apiserver.crt"),
+		servingKey:     filepath.Join(dir, "apiserver.key"),
+		saKey:          filepath.Join(dir, "sa.key"),
+		saPub:          filepath.Join(dir, "sa.pub"),
+		tokenFile:      filepath.Join(dir, "tokens.csv"),
+		adminToken:     randomHex(32),
+		kubeProxyToken: randomHex(32),
 	}
 	srvKeyDER, err := x509.MarshalECPrivateKey(srvKey)
 	if err != nil {
@@ -116,7 +122,8 @@ func writePKI(dir string) (*pki, error) {
 		{p.servingKey, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: srvKeyDER})},
 		{p.saKey, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)})},
 		{p.saPub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPub})},
-		{p.tokenFile, []byte(fmt.Sprintf("%s,%s,%s,\"system:masters\"\n", p.adminToken, adminUser, adminUser))},
+		{p.tokenFile, []byte(fmt.Sprintf("%s,%s,%s,\"system:masters\"\n%s,%s,%s\n",
+			p.adminToken, adminUser, adminUser, p.kubeProxyToken, kubeProxyUser, kubeProxyUser))},
 	}
 	for _, f := range files {
 		if err := os.WriteFile(f.path, f.data, 0o600); err != nil {

@@ -92,11 +92,15 @@ type Testbed struct {
 	APIServerURL string
 	// AdminKubeconfig is a kubeconfig file with an admin token;
 	// AgentKubeconfig one with a token of ServiceAccount
-	// bridge-agent/bridge-agent bound by deploy/rbac.yaml.
-	AdminKubeconfig string
-	AgentKubeconfig string
-	WorkDir         string
-	BinDir          string
+	// bridge-agent/bridge-agent bound by deploy/rbac.yaml;
+	// KubeProxyKubeconfig one for user system:kube-proxy, which the
+	// API server's bootstrap policy gives ClusterRole system:node-proxier
+	// (what kube-proxy runs with on a kubeadm cluster).
+	AdminKubeconfig     string
+	AgentKubeconfig     string
+	KubeProxyKubeconfig string
+	WorkDir             string
+	BinDir              string
 
 	ServiceCIDRs  []string // IPv4 then IPv6 service CIDR
 	ClusterDomain string   // cluster.local
@@ -229,6 +233,10 @@ func Start(ctx context.Context, o Options) (_ *Testbed, err error) {
 	t.AdminKubeconfig = filepath.Join(t.WorkDir, "admin.kubeconfig")
 	t.AgentKubeconfig = filepath.Join(t.WorkDir, "agent.kubeconfig")
 	if err := writeKubeconfig(t.AdminKubeconfig, t.APIServerURL, t.pki.caPEM, adminUser, t.pki.adminToken); err != nil {
+		return nil, fmt.Errorf("start testbed: %w", err)
+	}
+	t.KubeProxyKubeconfig = filepath.Join(t.WorkDir, "kube-proxy.kubeconfig")
+	if err := writeKubeconfig(t.KubeProxyKubeconfig, t.APIServerURL, t.pki.caPEM, kubeProxyUser, t.pki.kubeProxyToken); err != nil {
 		return nil, fmt.Errorf("start testbed: %w", err)
 	}
 	if t.AdminConfig, t.Client, err = t.newAdminConfig(); err != nil {
