@@ -2,7 +2,9 @@ package dnsstub
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -13,11 +15,14 @@ import (
 // bigSnapshot has n Services over 100 namespaces: ClusterIP ones with two
 // named ports and three endpoints, and every tenth headless with three
 // named endpoints.
-func bigSnapshot(n int) *cluster.Snapshot {
+func bigSnapshot(n int) *cluster.Snapshot { return bigSnapshotEndpoints(n, 3) }
+
+// bigSnapshotEndpoints is bigSnapshot with eps endpoints per Service.
+func bigSnapshotEndpoints(n, eps int) *cluster.Snapshot {
 	snap := &cluster.Snapshot{Version: 1, Services: make(map[cluster.ServiceKey]*cluster.Service, n)}
 	for i := range n {
 		key := cluster.ServiceKey{Namespace: fmt.Sprintf("ns-%d", i%100), Name: fmt.Sprintf("svc-%d", i)}
-		eps := make([]cluster.Endpoint, 3)
+		eps := make([]cluster.Endpoint, eps)
 		for j := range eps {
 			a := netip.AddrFrom4([4]byte{10, byte(100 + j), byte(i >> 8), byte(i)})
 			eps[j] = cluster.Endpoint{Addr: a, Port: 8080, Ready: true}
@@ -50,6 +55,48 @@ func BenchmarkBuildZone10k(b *testing.B) {
 		z = buildZone(snap, "cluster.local.", 5)
 	}
 	b.ReportMetric(float64(z.records), "records")
+}
+
+// BenchmarkZoneChange measures the zone of a snapshot in which one
+// Service changed (an endpoint replaced, as by an EndpointSlice update):
+// derived from the previous zone, and built in full.
+func BenchmarkZoneChange(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		prev := bigSnapshotEndpoints(n, 10)
+		next := &cluster.Snapshot{Version: 2, Services: maps.Clone(prev.Services)}
+		key := cluster.ServiceKey{Namespace: "ns-21", Name: "svc-321"}
+		svc := *next.Services[key]
+		svc.Ports = slices.Clone(svc.Ports)
+		for i, p := range svc.Ports {
+			q := *p
+			q.Endpoints = slices.Clone(q.Endpoints)
+			q.Endpoints[0].Addr = netip.MustParseAddr("10.250.0.1")
+			svc.Ports[i] = &q
+		}
+		next.Services[key] = &svc
+		snaps := [2]*cluster.Snapshot{prev, next}
+		b.Run(fmt.Sprintf("%dk/update", n/1000), func(b *testing.B) {
+			z := buildZone(prev, "cluster.local.", 5)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				i++
+				z = z.update(snaps[i%2])
+				if z.rendered != 1 {
+					b.Fatalf("%d sub-zones rendered, want 1", z.rendered)
+				}
+			}
+			b.ReportMetric(float64(z.records), "records")
+		})
+		b.Run(fmt.Sprintf("%dk/full", n/1000), func(b *testing.B) {
+			var z *zone
+			b.ReportAllocs()
+			for b.Loop() {
+				z = buildZone(next, "cluster.local.", 5)
+			}
+			b.ReportMetric(float64(z.records), "records")
+		})
+	}
 }
 
 // BenchmarkZoneLookup measures the zone alone.

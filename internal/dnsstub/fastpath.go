@@ -247,7 +247,7 @@ func (s *Server) packFast(z *zone, pkt []byte) (e *fastReply) {
 	if class != classZone {
 		return nil
 	}
-	if n := z.names[canonical]; n != nil && n.cname != "" && q.Qtype != dns.TypeCNAME && q.Qtype != dns.TypeANY {
+	if n := z.find(canonical); n != nil && n.cname != "" && q.Qtype != dns.TypeCNAME && q.Qtype != dns.TypeANY {
 		return nil // an ExternalName's CNAME to chase: that may forward
 	}
 	// What handle checks before resolving holds: parseFast took only an

@@ -2,6 +2,7 @@ package dnsstub
 
 import (
 	"errors"
+	"maps"
 	"net"
 	"net/netip"
 	"strings"
@@ -367,8 +368,9 @@ func TestKubeDNSForwarding(t *testing.T) {
 		t.Errorf("unknown reverse name: %v, want a forwarded reply", r)
 	}
 	// Without kube-dns in the snapshot: SERVFAIL, not NXDOMAIN.
-	delete(snap.Services, kubeDNSKey)
 	snap2 := *snap
+	snap2.Services = maps.Clone(snap.Services) // snapshots are never modified once synced
+	delete(snap2.Services, kubeDNSKey)
 	if err := s.Sync(t.Context(), &snap2); err != nil {
 		t.Fatal(err)
 	}

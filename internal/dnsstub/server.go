@@ -203,22 +203,30 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// Sync swaps in a zone built from snap. Queries never wait for it: they
-// use the previous zone until the swap.
+// Sync swaps in the zone of snap: derived from the current zone, only the
+// Services that changed rendered again, or built in full the first time.
+// Queries never wait for it: they use the previous zone, unchanged, until
+// the swap.
 func (s *Server) Sync(ctx context.Context, snap *cluster.Snapshot) error {
 	if snap == nil {
 		return errors.New("sync dns zone: nil snapshot")
 	}
-	if s.lastSnap.Load() == snap && s.zone.Load() != nil {
+	prev := s.zone.Load()
+	if s.lastSnap.Load() == snap && prev != nil {
 		return nil // periodic call with the same snapshot: nothing to do
 	}
 	start := time.Now()
-	z := buildZone(snap, s.domain, s.ttl)
+	var z *zone
+	if prev != nil && prev.domain == s.domain && prev.ttl == s.ttl {
+		z = prev.update(snap)
+	} else {
+		z = buildZone(snap, s.domain, s.ttl)
+	}
 	s.zone.Store(z)
 	s.lastSnap.Store(snap)
 	s.metrics.zoneRecords.Set(float64(z.records))
-	s.log.Debug("dns zone built", "version", snap.Version, "records", z.records, "names", len(z.names),
-		"kubeDNS", len(z.kubeDNS), "took", time.Since(start))
+	s.log.Debug("dns zone built", "version", snap.Version, "records", z.records, "names", z.names,
+		"rendered", z.rendered, "kubeDNS", len(z.kubeDNS), "took", time.Since(start))
 	return nil
 }
 

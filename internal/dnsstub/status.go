@@ -68,7 +68,7 @@ func (s *Server) Status() any {
 		st.Synced = true
 		st.SnapshotVersion = z.version
 		st.ZoneRecords = z.records
-		st.ZoneNames = len(z.names)
+		st.ZoneNames = z.names
 		st.KubeDNS = append(st.KubeDNS, z.kubeDNS...)
 	}
 	for _, u := range *s.upstreams.Load() {
