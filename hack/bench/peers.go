@@ -152,6 +152,9 @@ func (e *env) startAgent(p peerSpec, pinCPU string) (*peer, error) {
 	cfg.Proxy.MinSyncPeriod = metav1.Duration{Duration: e.minSync}
 	cfg.Proxy.SyncPeriod = metav1.Duration{Duration: e.syncEvery}
 	cfg.EnableProfiling = e.profile
+	if e.profile {
+		cfg.Logging.Verbosity = 2 // the consumers' debug lines, with their timings
+	}
 	bin := e.agentBin
 	if pinCPU != "" {
 		bin = filepath.Join(dir, "bridge-agent-pinned")
@@ -302,6 +305,23 @@ func (p *peer) informersSynced() (time.Time, bool) {
 // saveHeap writes the agent's heap profile to its directory as
 // heap-<name>.pb.gz; nothing for kube-proxy or without -profile.
 func (e *env) saveHeap(ctx context.Context, pr *peer, name string) (string, error) {
+	return e.saveProfile(ctx, pr, "heap?gc=1", "heap-"+name)
+}
+
+// saveStartCPU profiles the agent's CPU for its first seconds, the full
+// sync included, into cpu-start.pb.gz; it waits for the status socket.
+func (e *env) saveStartCPU(ctx context.Context, pr *peer) (string, error) {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); sleepCtx(ctx, 10*time.Millisecond) {
+		if _, err := os.Stat(pr.statusSocket); err == nil {
+			break
+		}
+	}
+	return e.saveProfile(ctx, pr, "profile?seconds=8", "cpu-start")
+}
+
+// saveProfile fetches /debug/pprof/<query> from the agent's status socket
+// into <file>.pb.gz in its directory.
+func (e *env) saveProfile(ctx context.Context, pr *peer, query, file string) (string, error) {
 	if !e.profile || pr.agent == nil {
 		return "", nil
 	}
@@ -312,7 +332,7 @@ func (e *env) saveHeap(ctx context.Context, pr *peer, name string) (string, erro
 		}},
 		Timeout: 30 * time.Second,
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/debug/pprof/heap?gc=1", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/debug/pprof/"+query, nil)
 	if err != nil {
 		return "", err
 	}
@@ -322,9 +342,9 @@ func (e *env) saveHeap(ctx context.Context, pr *peer, name string) (string, erro
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("heap profile: %s", resp.Status)
+		return "", fmt.Errorf("profile %s: %s", query, resp.Status)
 	}
-	path := filepath.Join(pr.dir, "heap-"+name+".pb.gz")
+	path := filepath.Join(pr.dir, file+".pb.gz")
 	f, err := os.Create(path)
 	if err != nil {
 		return "", err

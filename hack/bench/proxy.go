@@ -94,6 +94,17 @@ func (b *bench) measurePeer(ctx context.Context, r *peerRun, log *slog.Logger, d
 		return err
 	}
 	defer pr.stop()
+	var cpuProf sync.WaitGroup
+	defer cpuProf.Wait()
+	if e.profile && pr.agent != nil {
+		cpuProf.Go(func() {
+			if path, err := e.saveStartCPU(ctx, pr); err != nil {
+				log.Warn("cpu profile", "err", err)
+			} else {
+				log.Info("cpu profile of the start", "path", path)
+			}
+		})
+	}
 	log.Info("started; waiting for the full sync", "sentinel", sentinel)
 	at, ok, viaDump := b.waitSeen(ctx, pr, w, netns, sentinel, seen, b.opts.syncTimeout)
 	if !ok {

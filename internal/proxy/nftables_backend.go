@@ -168,6 +168,7 @@ func (p *NFTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 	if !due && last.snap == snap {
 		return nil
 	}
+	renderStart := time.Now()
 	in := NFTRenderInput{
 		Snapshot: snap, Family: fam, Masquerade: p.opts.Masquerade,
 		MasqueradeMark: p.opts.MasqueradeMark, Zone: p.opts.Zone,
@@ -226,6 +227,8 @@ func (p *NFTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 		}
 	}
 	var rss int64
+	rendered := time.Since(renderStart)
+	nftStart := time.Now()
 	if script != nil {
 		if err := p.nft.Run(ctx, script); err != nil {
 			p.metrics.writes.WithLabelValues(fam.String(), "error").Inc()
@@ -256,7 +259,7 @@ func (p *NFTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 	p.mu.Unlock()
 	p.log.Debug("nftables transaction", "family", fam.String(), "kind", kind, "commands", commands,
 		"bytes", len(script), "services", stats.Services, "endpoints", stats.Endpoints, "noEndpoints", stats.NoEndpoints,
-		"nftPeakRSS", rss)
+		"nftPeakRSS", rss, "render", rendered, "nft", time.Since(nftStart), "nftTimes", p.lastNFTTimes())
 	return nil
 }
 
@@ -315,4 +318,17 @@ func cleanupNFTables(ctx context.Context, x nftRunner) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// lastNFTTimes describes the times of the last nft run, for the debug log.
+func (p *NFTables) lastNFTTimes() string {
+	x, ok := p.nft.(*execNFT)
+	if !ok {
+		return ""
+	}
+	t := x.lastTimes.Load()
+	if t == nil {
+		return ""
+	}
+	return fmt.Sprintf("start=%v wall=%v user=%v sys=%v", t.start, t.wall, t.user, t.sys)
 }

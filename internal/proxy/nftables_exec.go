@@ -26,7 +26,13 @@ type execNFT struct {
 	argv []string
 	// peakRSS is the peak resident memory, in bytes, of the last nft run.
 	peakRSS atomic.Int64
+	// lastTimes are the times of the last nft run.
+	lastTimes atomic.Pointer[nftTimes]
 }
+
+// nftTimes are how long starting one nft run took, its wall time, and the
+// CPU time the process used in user space and in the kernel.
+type nftTimes struct{ start, wall, user, sys time.Duration }
 
 func (x *execNFT) lastPeakRSS() int64 { return x.peakRSS.Load() }
 
@@ -61,11 +67,16 @@ func (x *execNFT) run(ctx context.Context, stdin []byte, args ...string) ([]byte
 	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
 	err := cmd.Start()
+	started := time.Since(start)
 	if err == nil {
 		peak := watchPeakRSS(cmd.Process.Pid)
 		err = cmd.Wait()
 		x.peakRSS.Store(peak())
+		if ps := cmd.ProcessState; ps != nil {
+			x.lastTimes.Store(&nftTimes{start: started, wall: time.Since(start), user: ps.UserTime(), sys: ps.SystemTime()})
+		}
 	}
 	out := stdout.Bytes()
 	if err != nil {
