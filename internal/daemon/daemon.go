@@ -93,7 +93,7 @@ type Daemon struct {
 	restoreErr  string
 	saved       *cluster.Snapshot // the snapshot last written to disk
 	savedAt     time.Time
-	saveTook    time.Duration // how long the last save took
+	saveTook    time.Duration     // how long the last save took
 	snap        *cluster.Snapshot // the newest published snapshot
 	seq         uint64            // publication number of snap
 	publishedAt time.Time
