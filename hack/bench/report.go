@@ -222,14 +222,22 @@ func (b *bench) writeReport(dir string) (string, error) {
 		p("## Load: from the start of writing the objects to all rules in the kernel\n\n")
 		p("bridge-agent (nftables) and kube-proxy (iptables) run together while the bench writes the objects, so both see the same load on the same 2 cores.\n\n")
 		p("| size | objects written | write time | bridge-agent nftables | kube-proxy iptables | ratio |\n|---|---|---|---|---|---|\n")
+		var notes []string
 		for _, l := range b.loads {
 			a, k := l.ToKernel["agent-nft"], l.ToKernel["kp-ipt"]
 			p("| %s | %d | %s | %s | %s | %s |\n", l.Size, l.Objects, fd(l.Write), fd(a), fd(k), rd(a, k))
 			if l.Err != "" {
-				p("\n> load %s: %s\n\n", l.Size, oneLine(l.Err))
+				notes = append(notes, fmt.Sprintf("> load %s: %s\n", l.Size, oneLine(l.Err)))
 			}
 		}
 		p("\n")
+		// Below the table: a line between rows would end it.
+		for _, n := range notes {
+			p("%s>\n", n)
+		}
+		if len(notes) > 0 {
+			p("\n")
+		}
 	}
 
 	if len(b.runs) > 0 && b.secs["proxy"] {
