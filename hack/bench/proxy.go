@@ -163,8 +163,11 @@ func (b *bench) measurePeer(ctx context.Context, r *peerRun, log *slog.Logger, d
 	after, _ := metricsText(ctx, e.tb, netns, pr.metricsURL)
 	fillMetric(&r.Single, before, mid, pr.progMetric)
 	fillMetric(&r.Burst, mid, after, pr.progMetric)
-	if v, ok := parseGauge(after, "bridge_agent_proxy_nft_peak_rss_bytes"); ok {
-		r.NFTPeakRSS = int64(v)
+	// The largest nft process of any kind of transaction: the full write's.
+	for _, kind := range []string{"recreate", "full", "incremental"} {
+		if v, ok := parseGauge(after, "bridge_agent_proxy_nft_peak_rss_bytes", `kind="`+kind+`"`); ok {
+			r.NFTPeakRSS = max(r.NFTPeakRSS, int64(v))
+		}
 	}
 
 	if dp {
