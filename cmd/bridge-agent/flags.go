@@ -39,7 +39,7 @@ func newConfigFlags(name string, out io.Writer) *configFlags {
 	f.fs.StringVar(&f.metrics, "metrics-bind-address", "", "ip:port for /metrics (overrides metricsBindAddress:)")
 	f.fs.StringVar(&f.dnsListen, "dns-listen-address", "", "ip:port of the DNS stub (overrides dns.listenAddress:)")
 	f.fs.DurationVar(&f.minSync, "min-sync-period", 0, "least time between syncs (overrides proxy.minSyncPeriod:)")
-	f.fs.DurationVar(&f.sync, "sync-period", 0, "full resync period (overrides proxy.syncPeriod:)")
+	f.fs.DurationVar(&f.sync, "sync-period", 0, "period of the periodic checks and repairs (overrides proxy.syncPeriod:)")
 	f.fs.StringVar(&f.logFormat, "log-format", "", "text or json (overrides logging.format:)")
 	f.fs.IntVar(&f.verbosity, "v", 0, "log verbosity (overrides logging.verbosity:)")
 	return f

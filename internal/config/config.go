@@ -113,7 +113,10 @@ type Proxy struct {
 	// MinSyncPeriod is the least time between two syncs; changes arriving
 	// faster are batched (default 1s).
 	MinSyncPeriod metav1.Duration `json:"minSyncPeriod,omitempty"`
-	// SyncPeriod is the period of full resyncs (default 30s).
+	// SyncPeriod is how often every consumer is synced even without a change,
+	// to check and repair what it owns (default 30s). The proxy checks its
+	// rules then and rewrites them whole only hourly or when they were
+	// tampered with.
 	SyncPeriod metav1.Duration `json:"syncPeriod,omitempty"`
 }
 
