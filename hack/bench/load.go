@@ -173,9 +173,7 @@ func (l *loader) Ensure(ctx context.Context, n, eps int) (written int, err error
 				return fmt.Errorf("create endpointslice for %s/%s: %w", bs.ns, bs.name, err)
 			}
 			count.Add(2)
-			l.mu.Lock()
-			bs.slice = es
-			l.mu.Unlock()
+			l.setSlice(bs, es)
 			return nil
 		}
 		if oldEps == eps {
@@ -190,9 +188,7 @@ func (l *loader) Ensure(ctx context.Context, n, eps int) (written int, err error
 			return fmt.Errorf("update endpointslice for %s/%s: %w", bs.ns, bs.name, err)
 		}
 		count.Add(1)
-		l.mu.Lock()
-		bs.slice = es
-		l.mu.Unlock()
+		l.setSlice(bs, es)
 		return nil
 	}
 	last := n - 1
@@ -288,4 +284,11 @@ func parallel(ctx context.Context, workers, n int, fn func(i int) error) error {
 		return ctx.Err()
 	}
 	return first
+}
+
+// setSlice records es as the EndpointSlice of bs last written.
+func (l *loader) setSlice(bs *benchService, es *discoveryv1.EndpointSlice) {
+	l.mu.Lock()
+	bs.slice = es
+	l.mu.Unlock()
 }

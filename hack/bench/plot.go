@@ -36,17 +36,11 @@ func (b *bench) writePlots(dir, name string) [][2]string {
 	big, ok := b.largest(10)
 	if ok && b.secs["proxy"] {
 		for _, kind := range []string{"single", "burst"} {
-			p := plot.New()
 			title := fmt.Sprintf("Event to kernel, %s changes, %s", kind, big)
 			if kind == "burst" {
 				title = fmt.Sprintf("Event to kernel, changes at %.0f/s, %s", b.opts.rate, big)
 			}
-			p.Title.Text = title
-			p.X.Label.Text = "latency (ms, log scale)"
-			p.Y.Label.Text = "fraction of changes"
-			p.X.Scale = plot.LogScale{}
-			p.X.Tick.Marker = plot.LogTicks{Prec: -1}
-			p.Legend.Top = false
+			p := newCDFPlot(title, "latency (ms, log scale)", "fraction of changes")
 			var args []any
 			for _, pe := range b.peers {
 				r := b.find(pe.ID, big)
@@ -97,14 +91,8 @@ func (b *bench) writePlots(dir, name string) [][2]string {
 		}
 	}
 	if ok && b.secs["datapath"] {
-		p := plot.New()
 		title := fmt.Sprintf("Connect latency, ClusterIP vs pod IP, %s", big)
-		p.Title.Text = title
-		p.X.Label.Text = "connect (ms, log scale)"
-		p.Y.Label.Text = "fraction of connects"
-		p.X.Scale = plot.LogScale{}
-		p.X.Tick.Marker = plot.LogTicks{Prec: -1}
-		p.Legend.Top = false
+		p := newCDFPlot(title, "connect (ms, log scale)", "fraction of connects")
 		var args []any
 		for _, pe := range b.peers {
 			if r := b.find(pe.ID, big); r != nil && r.Datapath != nil && len(r.Datapath.ClusterIP.Samples) > 0 {
@@ -139,4 +127,17 @@ func (b *bench) writePlots(dir, name string) [][2]string {
 		}
 	}
 	return out
+}
+
+// newCDFPlot returns an empty plot of cumulative distributions of
+// latencies, on a logarithmic x axis, legend at the bottom.
+func newCDFPlot(title, x, y string) *plot.Plot {
+	p := plot.New()
+	p.Title.Text = title
+	p.X.Label.Text = x
+	p.Y.Label.Text = y
+	p.X.Scale = plot.LogScale{}
+	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.Legend.Top = false
+	return p
 }

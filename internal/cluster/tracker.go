@@ -83,9 +83,6 @@ func (t *Tracker) changed() {
 
 // UpdateService records a Service added or updated.
 func (t *Tracker) UpdateService(s *v1.Service) {
-	if !t.inScope(s.Namespace) {
-		return
-	}
 	t.updateService(convertService(s, t.proxyName))
 }
 
@@ -118,9 +115,6 @@ func (t *Tracker) DeleteService(namespace, name string) {
 
 // UpdateSlice records an EndpointSlice added or updated.
 func (t *Tracker) UpdateSlice(es *discovery.EndpointSlice) {
-	if !t.inScope(es.Namespace) {
-		return
-	}
 	t.updateSlice(es.Namespace, es.Name, convertSlice(es))
 }
 

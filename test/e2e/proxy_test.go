@@ -132,6 +132,13 @@ func createPod(ctx context.Context, t *testing.T, spec testbed.PodSpec) testbed.
 	return p
 }
 
+// httpPod is a ready pod of the given name on node, serving its "http" port
+// 8080/TCP, labelled sel.
+func httpPod(ns, name string, node int, sel map[string]string) testbed.PodSpec {
+	return testbed.PodSpec{Namespace: ns, Name: name, Node: node, Labels: sel,
+		Ports: []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}, Ready: true}
+}
+
 // createService creates a dual-stack (where it can) ClusterIP Service with
 // one port named after its target port, and the namespace if needed.
 func createService(ctx context.Context, t *testing.T, ns, name string, proto v1.Protocol, port int32, target string, selector map[string]string) *v1.Service {
@@ -407,8 +414,7 @@ func testProxyResilience(t *testing.T, m proxyMode, ns string) {
 	serviceRoutes(ctx, t)
 	sel := map[string]string{"app": "res"}
 	for i := 1; i <= 2; i++ {
-		createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: fmt.Sprintf("res-%d", i), Node: i, Labels: sel,
-			Ports: []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}, Ready: true})
+		createPod(ctx, t, httpPod(ns, fmt.Sprintf("res-%d", i), i, sel))
 	}
 	svc := createService(ctx, t, ns, "res", v1.ProtocolTCP, 80, "http", sel)
 	sticky := createService(ctx, t, ns, "sticky", v1.ProtocolTCP, 80, "http", sel)
@@ -529,8 +535,7 @@ func TestProxyXtablesLock(t *testing.T) {
 	serviceRoutes(ctx, t)
 	const ns = "lock"
 	sel := map[string]string{"app": "lock"}
-	createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: "lock-1", Node: 1, Labels: sel,
-		Ports: []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}, Ready: true})
+	createPod(ctx, t, httpPod(ns, "lock-1", 1, sel))
 	first := createService(ctx, t, ns, "first", v1.ProtocolTCP, 80, "http", sel)
 
 	// A private lock file, so the test never contends with the machine's own.
@@ -582,8 +587,7 @@ func testProxyTerminatingAndLargeSlices(t *testing.T, m proxyMode, ns string) {
 	serviceRoutes(ctx, t)
 	sel := map[string]string{"app": "term"}
 	for i := 1; i <= 2; i++ {
-		createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: fmt.Sprintf("term-%d", i), Node: i, Labels: sel,
-			Ports: []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}, Ready: true})
+		createPod(ctx, t, httpPod(ns, fmt.Sprintf("term-%d", i), i, sel))
 	}
 	svc := createService(ctx, t, ns, "term", v1.ProtocolTCP, 80, "http", sel)
 	a := newAgent(t, true, m.configure)
@@ -810,8 +814,7 @@ func TestProxyModeSwitch(t *testing.T) {
 	serviceRoutes(ctx, t)
 	const ns = "switch"
 	sel := map[string]string{"app": "switch"}
-	createPod(ctx, t, testbed.PodSpec{Namespace: ns, Name: "sw-1", Node: 1, Labels: sel,
-		Ports: []testbed.Port{{Name: "http", Port: 8080, Protocol: "TCP"}}, Ready: true})
+	createPod(ctx, t, httpPod(ns, "sw-1", 1, sel))
 	svc := createService(ctx, t, ns, "sw", v1.ProtocolTCP, 80, "http", sel)
 	addr := net.JoinHostPort(svc.Spec.ClusterIPs[0], "80")
 
