@@ -108,6 +108,7 @@ func Cleanup(o CleanupOptions) (*Report, error) {
 	}
 	sortDirs(recDirs)
 	slices.Reverse(recDirs)
+	var leftDirs []string
 	for _, hd := range recDirs {
 		if _, err := config.CheckOwnPath(hd, true); err != nil {
 			rep.Left = append(rep.Left, Left{hd, "not a directory of the agent's own: " + err.Error()})
@@ -123,6 +124,7 @@ func Cleanup(o CleanupOptions) (*Report, error) {
 		}
 		if names := entryNames(d); len(names) > 0 {
 			rep.Left = append(rep.Left, Left{hd, "holds what bridge-agent did not make or could not remove: " + strings.Join(names, ", ")})
+			leftDirs = append(leftDirs, hd)
 			continue
 		}
 		if err := os.Remove(d); err != nil {
@@ -130,6 +132,16 @@ func Cleanup(o CleanupOptions) (*Report, error) {
 			continue
 		}
 		rep.Removed = append(rep.Removed, hd)
+	}
+	// A later cleanup, once the rest is gone, still knows these are ours.
+	if len(leftDirs) > 0 && stateDir != "" && slices.Contains(leftDirs, o.StateDir) && len(o.Keep) == 0 {
+		slices.Reverse(leftDirs)
+		if err := saveRecord(stateDir, &Record{Dirs: leftDirs}); err != nil {
+			errs = append(errs, err)
+		} else {
+			rep.Removed = slices.DeleteFunc(rep.Removed, func(p string) bool { return p == o.StateDir+"/"+RecordName })
+			rep.Left = append(rep.Left, Left{o.StateDir + "/" + RecordName, "records the directories left above, so that a later cleanup removes them once they are empty"})
+		}
 	}
 	// The agent's directories that it did not create: say what is left.
 	for _, hd := range append([]string{o.StateDir}, o.Dirs...) {

@@ -109,12 +109,18 @@ func Prepare(o Options) error {
 	}
 	add(&rec.Files, o.Files...)
 	sortDirs(rec.Dirs)
+	return saveRecord(stateDir, rec)
+}
+
+// saveRecord writes rec atomically in the state directory at host path
+// dir.
+func saveRecord(dir string, rec *Record) error {
 	rec.Version = recordVersion
 	data, err := json.MarshalIndent(rec, "", "  ")
 	if err != nil {
 		return fmt.Errorf("record: %w", err)
 	}
-	if err := atomicfile.WriteFile(filepath.Join(stateDir, RecordName), append(data, '\n'), 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, RecordName), append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("record: %w", err)
 	}
 	return nil

@@ -109,12 +109,24 @@ func TestOneAgentPerHost(t *testing.T) {
 	if b, err := os.ReadFile(planted); err != nil || string(b) != "the admin's\n" {
 		t.Errorf("planted file after cleanup: %q, %v", b, err)
 	}
-	for _, f := range []string{"owned.json", daemon.SnapshotFile} {
-		if _, err := os.Stat(filepath.Join(stateDir, f)); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("%s after cleanup: %v, want removed", f, err)
-		}
+	if _, err := os.Stat(filepath.Join(stateDir, daemon.SnapshotFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s after cleanup: %v, want removed", daemon.SnapshotFile, err)
 	}
 	if _, err := os.Stat(filepath.Join(a.HostRoot, "run", "bridge-agent")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("runtime directory after cleanup: %v, want removed", err)
+	}
+	// The record stays for the directory left; once the admin's file is
+	// gone, the next cleanup removes the directory.
+	if err := os.Remove(planted); err != nil {
+		t.Fatal(err)
+	}
+	if out, err = a.Run(ctx, "cleanup"); err != nil {
+		t.Fatalf("second cleanup: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "removed "+a.Config.StateDir+"\n") {
+		t.Errorf("second cleanup did not remove the state directory:\n%s", out)
+	}
+	if _, err := os.Stat(stateDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state directory after the second cleanup: %v, want removed", err)
 	}
 }
