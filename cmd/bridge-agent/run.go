@@ -16,6 +16,7 @@ import (
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
 	"github.com/bridge-agent/bridge-agent/internal/config"
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
+	"github.com/bridge-agent/bridge-agent/internal/ownfiles"
 	"github.com/bridge-agent/bridge-agent/internal/proxy"
 	"github.com/bridge-agent/bridge-agent/internal/routes"
 	"github.com/bridge-agent/bridge-agent/internal/version"
@@ -40,6 +41,20 @@ func runCmd(args []string, stderr io.Writer) int {
 	}
 	client, err := cluster.NewClient(rc)
 	if err != nil {
+		fmt.Fprintf(stderr, "bridge-agent: %v\n", err)
+		return 1
+	}
+	// One agent per host: a second one would fight the first over the
+	// same rules, routes and resolver. The lock is held until exit.
+	lock, err := ownfiles.Acquire(cfg.HostRoot)
+	if err != nil {
+		fmt.Fprintf(stderr, "bridge-agent: %v\n", err)
+		return 1
+	}
+	defer lock.Release()
+	own := ownOptions(cfg)
+	own.Created = lock.Created
+	if err := ownfiles.Prepare(own); err != nil {
 		fmt.Fprintf(stderr, "bridge-agent: %v\n", err)
 		return 1
 	}

@@ -4,8 +4,11 @@
 package config
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -16,6 +19,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 )
 
@@ -262,11 +266,42 @@ func Default() *Config {
 // Parse reads a configuration document over the defaults. Unknown fields are
 // errors, so a typo never silently falls back to a default.
 func Parse(data []byte) (*Config, error) {
+	if err := checkOneDocument(data); err != nil {
+		return nil, fmt.Errorf("parse config: %w", err)
+	}
 	c := Default()
 	if err := yaml.UnmarshalStrict(data, c); err != nil {
 		return nil, fmt.Errorf("parse config: %w", err)
 	}
 	return c, nil
+}
+
+// checkOneDocument refuses a file with more than one YAML document that
+// holds something: the decoder reads only the first, so a second one would
+// be silently ignored. Empty documents (a trailing "---", comments) are fine.
+func checkOneDocument(data []byte) error {
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	seen := 0
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var v any
+		if err := yaml.Unmarshal(doc, &v); err != nil {
+			return err
+		}
+		if v == nil {
+			continue
+		}
+		seen++
+		if seen > 1 {
+			return errors.New("the file holds more than one YAML document (a second \"---\"); the configuration is one document")
+		}
+	}
 }
 
 // Load reads and parses the file at path.
@@ -348,15 +383,7 @@ func (c *Config) Validate() error {
 			bad(fmt.Sprintf("serviceCIDRs[%d]", i), quote(s), "must be a CIDR such as 10.96.0.0/12 with no host bits")
 		}
 	}
-	if !filepath.IsAbs(c.HostRoot) {
-		bad("hostRoot", quote(c.HostRoot), "must be an absolute path")
-	}
-	if !filepath.IsAbs(c.StateDir) {
-		bad("stateDir", quote(c.StateDir), "must be an absolute path (it is taken inside hostRoot)")
-	}
-	if !filepath.IsAbs(c.StatusSocket) {
-		bad("statusSocket", quote(c.StatusSocket), "must be an absolute path (it is taken inside hostRoot)")
-	}
+	c.validatePaths(bad)
 	for _, f := range []struct{ name, value string }{
 		{"healthzBindAddress", c.HealthzBindAddress},
 		{"metricsBindAddress", c.MetricsBindAddress},
@@ -364,7 +391,7 @@ func (c *Config) Validate() error {
 		if f.value == "" {
 			continue
 		}
-		if err := checkLocalAddrPort(f.value, false); err != nil {
+		if err := CheckListenAddress(f.value, false); err != nil {
 			bad(f.name, quote(f.value), err.Error())
 		}
 	}
@@ -379,12 +406,9 @@ func (c *Config) Validate() error {
 			bad("scope.labelSelector", quote(c.Scope.LabelSelector), err.Error())
 		}
 	}
-	if c.Proxy.MinSyncPeriod.Duration < 0 {
-		bad("proxy.minSyncPeriod", c.Proxy.MinSyncPeriod.Duration, "must not be negative")
-	}
-	if c.Proxy.SyncPeriod.Duration <= 0 {
-		bad("proxy.syncPeriod", c.Proxy.SyncPeriod.Duration, "must be greater than zero")
-	} else if c.Proxy.SyncPeriod.Duration < c.Proxy.MinSyncPeriod.Duration {
+	minSyncOK := checkDuration(bad, "proxy.minSyncPeriod", c.Proxy.MinSyncPeriod.Duration, minMinSyncPeriod, maxMinSyncPeriod)
+	if checkDuration(bad, "proxy.syncPeriod", c.Proxy.SyncPeriod.Duration, minSyncPeriod, maxSyncPeriod) &&
+		minSyncOK && c.Proxy.SyncPeriod.Duration < c.Proxy.MinSyncPeriod.Duration {
 		bad("proxy.syncPeriod", c.Proxy.SyncPeriod.Duration, "must not be less than proxy.minSyncPeriod")
 	}
 	for _, f := range []struct {
@@ -417,13 +441,17 @@ func (c *Config) validateDNS(bad func(field string, value any, reason string)) {
 	if d.Mode != DNSStub && d.Mode != DNSNone {
 		bad("dns.mode", quote(d.Mode), "must be one of stub, none")
 	}
-	if err := checkLocalAddrPort(d.ListenAddress, true); err != nil {
+	if err := CheckListenAddress(d.ListenAddress, true); err != nil {
 		bad("dns.listenAddress", quote(d.ListenAddress), err.Error())
 	}
 	if d.TTL.Duration < time.Second || d.TTL.Duration > time.Hour || d.TTL.Duration%time.Second != 0 {
 		bad("dns.ttl", d.TTL.Duration, "must be whole seconds between 1s and 1h")
 	}
 	listen, _ := netip.ParseAddrPort(d.ListenAddress)
+	listen = netip.AddrPortFrom(listen.Addr().Unmap().WithZone(""), listen.Port())
+	if len(d.Upstreams) > maxUpstreams {
+		bad("dns.upstreams", len(d.Upstreams), fmt.Sprintf("at most %d upstream resolvers", maxUpstreams))
+	}
 	for i, u := range d.Upstreams {
 		ap, err := ParseUpstream(u)
 		switch {
@@ -432,6 +460,9 @@ func (c *Config) validateDNS(bad func(field string, value any, reason string)) {
 		case ap == listen:
 			bad(fmt.Sprintf("dns.upstreams[%d]", i), quote(u), "is the stub's own address: a forwarding loop")
 		}
+	}
+	if len(d.NamespaceDomains) > maxNamespaceDomains {
+		bad("dns.namespaceDomains", len(d.NamespaceDomains), fmt.Sprintf("at most %d namespaces", maxNamespaceDomains))
 	}
 	for i, ns := range d.NamespaceDomains {
 		if !isLabel(ns) {
@@ -444,40 +475,71 @@ func (c *Config) validateDNS(bad func(field string, value any, reason string)) {
 	if d.HostResolver == "resolv.conf" && listen.IsValid() && listen.Port() != 53 {
 		bad("dns.listenAddress", quote(d.ListenAddress), "must use port 53 with dns.hostResolver resolv.conf (resolv.conf cannot name a port)")
 	}
-	if d.Timeout.Duration < 100*time.Millisecond || d.Timeout.Duration > time.Minute {
-		bad("dns.timeout", d.Timeout.Duration, "must be between 100ms and 1m")
+	checkDuration(bad, "dns.timeout", d.Timeout.Duration, minDNSTimeout, maxDNSTimeout)
+	checkInt(bad, "dns.cacheSize", d.CacheSize, 0, maxCacheSize)
+	checkDuration(bad, "dns.serveStale", d.ServeStale.Duration, 0, maxServeStale)
+	checkInt(bad, "dns.maxConcurrentPerClient", d.MaxConcurrentPerClient, 1, maxConcurrentPerClient)
+}
+
+// Bounds of the durations and limits. Below the minima the agent would
+// spend its host's CPU on itself (a 1ns sync period is a busy loop); above
+// the maxima it would hold memory or stale state no host needs.
+const (
+	// minMinSyncPeriod 0 batches nothing, as kube-proxy allows; a minute
+	// is the most a change should wait.
+	minMinSyncPeriod = 0
+	maxMinSyncPeriod = time.Minute
+	// Every sync period each consumer checks what it owns: at least a
+	// second apart, and at least hourly so tampering is repaired.
+	minSyncPeriod = time.Second
+	maxSyncPeriod = time.Hour
+	minDNSTimeout = 100 * time.Millisecond
+	maxDNSTimeout = 30 * time.Second
+	// maxCacheSize entries of forwarded answers are a few hundred MiB.
+	maxCacheSize = 1_000_000
+	// maxServeStale is RFC 8767's upper suggestion for the stale timer
+	// (1 to 3 days).
+	maxServeStale          = 72 * time.Hour
+	maxConcurrentPerClient = 10_000
+	maxUpstreams           = 16
+	maxNamespaceDomains    = 256
+)
+
+// checkDuration reports field unless lo <= d <= hi, and whether it was in
+// range.
+func checkDuration(bad func(field string, value any, reason string), field string, d, lo, hi time.Duration) bool {
+	if d < lo || d > hi {
+		bad(field, d, fmt.Sprintf("must be between %v and %v", lo, hi))
+		return false
 	}
-	if d.CacheSize < 0 || d.CacheSize > 10_000_000 {
-		bad("dns.cacheSize", d.CacheSize, "must be between 0 and 10000000")
-	}
-	if d.ServeStale.Duration < 0 {
-		bad("dns.serveStale", d.ServeStale.Duration, "must not be negative")
-	}
-	if d.MaxConcurrentPerClient < 1 {
-		bad("dns.maxConcurrentPerClient", d.MaxConcurrentPerClient, "must be at least 1")
+	return true
+}
+
+// checkInt reports field unless lo <= n <= hi.
+func checkInt(bad func(field string, value any, reason string), field string, n, lo, hi int) {
+	if n < lo || n > hi {
+		bad(field, n, fmt.Sprintf("must be between %d and %d", lo, hi))
 	}
 }
 
 // ParseUpstream parses a resolver address, ip or ip:port (port 53 when
 // left out; IPv6 with a port in brackets).
 func ParseUpstream(s string) (netip.AddrPort, error) {
-	if a, err := netip.ParseAddr(s); err == nil {
-		if a.Zone() != "" {
-			return netip.AddrPort{}, errors.New("must not carry an IPv6 zone")
-		}
-		return netip.AddrPortFrom(a.Unmap(), 53), nil
-	}
 	ap, err := netip.ParseAddrPort(s)
+	if a, aerr := netip.ParseAddr(s); aerr == nil {
+		ap, err = netip.AddrPortFrom(a, 53), nil
+	}
 	if err != nil {
 		return netip.AddrPort{}, errors.New("must be ip or ip:port, e.g. 192.0.2.53 or [2001:db8::53]:5353")
-	}
-	if ap.Port() == 0 || ap.Addr().IsUnspecified() {
-		return netip.AddrPort{}, errors.New("must name a resolver's address and a non-zero port")
 	}
 	if ap.Addr().Zone() != "" {
 		return netip.AddrPort{}, errors.New("must not carry an IPv6 zone")
 	}
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	a := ap.Addr().Unmap()
+	if ap.Port() == 0 || a.IsUnspecified() || a.IsMulticast() {
+		return netip.AddrPort{}, errors.New("must name a resolver's address and a non-zero port")
+	}
+	return netip.AddrPortFrom(a, ap.Port()), nil
 }
 
 // HostPath returns p inside HostRoot.
@@ -485,25 +547,40 @@ func (c *Config) HostPath(p string) string {
 	return filepath.Join(c.HostRoot, p)
 }
 
-// checkLocalAddrPort accepts ip:port with a literal IP. With loopbackOnly the
-// IP must be a loopback address; otherwise the unspecified address is refused
-// too, so the agent never opens a listener on all addresses by default.
-func checkLocalAddrPort(s string, loopbackOnly bool) error {
+// CheckListenAddress checks a listen address: ip:port with a literal IP and
+// a port. The IP is unmapped (::ffff:0.0.0.0 is 0.0.0.0) and stripped of its
+// zone before the checks, so no spelling of "all addresses" (0.0.0.0, [::],
+// [::ffff:0.0.0.0], [::%eth0], an empty host) gets through: the agent never
+// listens on every address of its host. With loopbackOnly the IP must be a
+// loopback address.
+func CheckListenAddress(s string, loopbackOnly bool) error {
+	host, _, splitErr := net.SplitHostPort(s)
+	if splitErr == nil && host == "" {
+		return errors.New("must not listen on all addresses (no host given); name one local address, e.g. 127.0.0.1:10356")
+	}
 	ap, err := netip.ParseAddrPort(s)
 	if err != nil {
-		host, _, splitErr := net.SplitHostPort(s)
-		if splitErr == nil && host != "" && net.ParseIP(host) == nil {
-			return errors.New("must use a literal IP address, not a host name")
+		if splitErr == nil {
+			if _, aerr := netip.ParseAddr(host); aerr != nil {
+				return errors.New("must use a literal IP address, not a host name")
+			}
 		}
 		return errors.New("must be ip:port, e.g. 127.0.0.1:10356")
 	}
 	if ap.Port() == 0 {
 		return errors.New("port must not be 0")
 	}
-	if ap.Addr().IsUnspecified() {
+	a := ap.Addr().Unmap().WithZone("")
+	if a.IsUnspecified() {
+		if a != ap.Addr() {
+			return fmt.Errorf("must not listen on all addresses (%s is %s); name one local address", ap.Addr(), a)
+		}
 		return errors.New("must not listen on all addresses; name one local address")
 	}
-	if loopbackOnly && !ap.Addr().IsLoopback() {
+	if a.IsMulticast() {
+		return errors.New("must be a unicast address of this host")
+	}
+	if loopbackOnly && !a.IsLoopback() {
 		return errors.New("must be a loopback address")
 	}
 	return nil

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -184,11 +185,56 @@ func TestValidateEachField(t *testing.T) {
 		{"routes.device", func(c *Config) { c.Routes = gatewayRoutes(func(r *Routes) { r.Device = "averyveryverylongname" }) }},
 		{"logging.format", func(c *Config) { c.Logging.Format = "xml" }},
 		{"logging.verbosity", func(c *Config) { c.Logging.Verbosity = 11 }},
+		// Paths: escapes and directories that are not the agent's own.
+		{"stateDir", func(c *Config) { c.StateDir = "/../../tmp/x" }},
+		{"stateDir", func(c *Config) { c.StateDir = "/" }},
+		{"stateDir", func(c *Config) { c.StateDir = "/etc" }},
+		{"stateDir", func(c *Config) { c.StateDir = "/var/lib" }},
+		{"stateDir", func(c *Config) { c.StateDir = "/var/lib/dpkg" }},
+		{"stateDir", func(c *Config) { c.StateDir = "/var/lib/bridge-agent/../dpkg" }},
+		{"stateDir", func(c *Config) { c.StateDir = "/var/lib/bridge-agent/" }},
+		{"stateDir", func(c *Config) { c.StateDir = "/tmp/bridge-agent" }},
+		{"statusSocket", func(c *Config) { c.StatusSocket = "/run" }},
+		{"statusSocket", func(c *Config) { c.StatusSocket = "/run/bridge-agent" }},
+		{"statusSocket", func(c *Config) { c.StatusSocket = "/run/status.sock" }},
+		{"statusSocket", func(c *Config) { c.StatusSocket = "/etc/bridge-agent/status.sock" }},
+		{"statusSocket", func(c *Config) { c.StatusSocket = "/run/bridge-agent/../systemd/notify" }},
+		{"hostRoot", func(c *Config) { c.HostRoot = "/srv/root/../x" }},
+		{"hostRoot", func(c *Config) { c.HostRoot = "/srv/root/" }},
+		// Listeners: every spelling of "all addresses".
+		{"metricsBindAddress", func(c *Config) { c.MetricsBindAddress = "[::ffff:0.0.0.0]:10357" }},
+		{"metricsBindAddress", func(c *Config) { c.MetricsBindAddress = "[::%eth0]:10357" }},
+		{"metricsBindAddress", func(c *Config) { c.MetricsBindAddress = ":10357" }},
+		{"healthzBindAddress", func(c *Config) { c.HealthzBindAddress = "[::]:10356" }},
+		{"dns.listenAddress", func(c *Config) { c.DNS.ListenAddress = "[::ffff:0.0.0.0]:53" }},
+		{"dns.listenAddress", func(c *Config) { c.DNS.ListenAddress = ":53" }},
+		{"dns.upstreams[0]", func(c *Config) { c.DNS.Upstreams = []string{"0.0.0.0"} }},
+		{"dns.upstreams[0]", func(c *Config) { c.DNS.Upstreams = []string{"[::ffff:0.0.0.0]:53"} }},
+		{"dns.upstreams[0]", func(c *Config) { c.DNS.Upstreams = []string{"[::ffff:127.0.0.77]:53"} }},
+		// Bounds.
+		{"proxy.syncPeriod", func(c *Config) { c.Proxy.MinSyncPeriod.Duration = 0; c.Proxy.SyncPeriod.Duration = time.Nanosecond }},
+		{"proxy.syncPeriod", func(c *Config) { c.Proxy.SyncPeriod.Duration = 25 * time.Hour }},
+		{"proxy.minSyncPeriod", func(c *Config) { c.Proxy.MinSyncPeriod.Duration = 2 * time.Minute }},
+		{"dns.timeout", func(c *Config) { c.DNS.Timeout.Duration = time.Hour }},
+		{"dns.cacheSize", func(c *Config) { c.DNS.CacheSize = 1 << 40 }},
+		{"dns.serveStale", func(c *Config) { c.DNS.ServeStale.Duration = 1000 * time.Hour }},
+		{"dns.maxConcurrentPerClient", func(c *Config) { c.DNS.MaxConcurrentPerClient = 1 << 30 }},
+		{"dns.upstreams", func(c *Config) {
+			for i := range 17 {
+				c.DNS.Upstreams = append(c.DNS.Upstreams, fmt.Sprintf("192.0.2.%d", i+1))
+			}
+		}},
+		{"dns.namespaceDomains", func(c *Config) {
+			for i := range 257 {
+				c.DNS.NamespaceDomains = append(c.DNS.NamespaceDomains, fmt.Sprintf("ns%d", i))
+			}
+		}},
 	} {
 		t.Run(tc.field, func(t *testing.T) {
 			c := Default()
 			c.Kubeconfig = "/k"
 			tc.mutate(c)
+			t.Logf("%v", c.Validate())
 			err := c.Validate()
 			var verr ValidationError
 			if !asValidation(err, &verr) {
@@ -247,12 +293,18 @@ func TestValidateReportsAllAtOnce(t *testing.T) {
 	c.ClusterDomain = "-"
 	c.Logging.Format = "yaml"
 	c.DNS.ListenAddress = "x"
+	c.StateDir = "/etc"
+	c.MetricsBindAddress = "[::ffff:0.0.0.0]:10357"
+	c.Proxy.SyncPeriod.Duration = time.Nanosecond
+	c.DNS.CacheSize = -1
+	c.DNS.ServeStale.Duration = -time.Second
 	err := c.Validate()
 	var verr ValidationError
 	if !asValidation(err, &verr) {
 		t.Fatalf("got %v", err)
 	}
-	want := []string{"kubeconfig", "clusterDomain", "dns.listenAddress", "logging.format"}
+	want := []string{"kubeconfig", "clusterDomain", "stateDir", "metricsBindAddress", "dns.listenAddress",
+		"dns.cacheSize", "dns.serveStale", "proxy.syncPeriod", "logging.format"}
 	if diff := cmp.Diff(want, verr.Fields()); diff != "" {
 		t.Errorf("fields (-want +got):\n%s", diff)
 	}
@@ -316,5 +368,125 @@ func TestParseUpstream(t *testing.T) {
 		if got != want {
 			t.Errorf("ParseUpstream(%q) = %s (err %v), want %s", in, got, err, want)
 		}
+	}
+}
+
+// TestCheckListenAddress: every spelling of "all addresses" is refused,
+// whatever the mapping or zone; one named local address is accepted.
+func TestCheckListenAddress(t *testing.T) {
+	for _, tc := range []struct {
+		addr     string
+		loopback bool
+		want     string // "" accepted, else a part of the error
+	}{
+		{"127.0.0.1:10356", false, ""},
+		{"[::1]:10357", false, ""},
+		{"192.0.2.10:10357", false, ""},
+		{"[fe80::1%eth0]:10357", false, ""},
+		{"[::ffff:127.0.0.1]:53", true, ""},
+		{"[::1%lo]:53", true, ""},
+		{"0.0.0.0:10357", false, "all addresses"},
+		{"[::]:10357", false, "all addresses"},
+		{"[::ffff:0.0.0.0]:10357", false, "::ffff:0.0.0.0 is 0.0.0.0"},
+		{"[::%eth0]:10357", false, "all addresses"},
+		{"[::ffff:0.0.0.0%eth0]:10357", false, "all addresses"},
+		{":10357", false, "all addresses"},
+		{"[]:10357", false, "all addresses"},
+		{"localhost:10357", false, "literal IP"},
+		{"127.0.0.1", false, "ip:port"},
+		{"127.0.0.1:0", false, "port must not be 0"},
+		{"[ff02::1]:10357", false, "unicast"},
+		{"10.0.0.1:53", true, "loopback"},
+		{"[::ffff:10.0.0.1]:53", true, "loopback"},
+		{"[::]:53", true, "all addresses"},
+	} {
+		err := CheckListenAddress(tc.addr, tc.loopback)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("CheckListenAddress(%q, %v) = %v, want accepted", tc.addr, tc.loopback, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("CheckListenAddress(%q, %v) = %v, want an error with %q", tc.addr, tc.loopback, err, tc.want)
+		}
+	}
+}
+
+// TestCheckOwnPath: only canonical paths inside a directory of the
+// agent's own under /var/lib or /run.
+func TestCheckOwnPath(t *testing.T) {
+	for _, tc := range []struct {
+		path  string
+		dirOK bool
+		own   string // "" refused
+	}{
+		{"/var/lib/bridge-agent", true, "/var/lib/bridge-agent"},
+		{"/var/lib/bridge-agent/state", true, "/var/lib/bridge-agent"},
+		{"/var/lib/bridge-agent-test", true, "/var/lib/bridge-agent-test"},
+		{"/run/bridge-agent", true, "/run/bridge-agent"},
+		{"/run/bridge-agent/status.sock", false, "/run/bridge-agent"},
+		{"/var/lib/bridge-agent/status.sock", false, "/var/lib/bridge-agent"},
+		{"/run/bridge-agent", false, ""},
+		{"/run/status.sock", false, ""},
+		{"/", true, ""},
+		{"/etc", true, ""},
+		{"/etc/bridge-agent", true, ""},
+		{"/var/lib", true, ""},
+		{"/var/lib/", true, ""},
+		{"/run", true, ""},
+		{"/var/lib/dpkg", true, ""},
+		{"/var/lib/bridge-agentx", true, ""},
+		{"/var/lib/bridge-agent/..", true, ""},
+		{"/../../tmp/x", true, ""},
+		{"/var/lib/../lib/bridge-agent", true, ""},
+		{"/var/lib//bridge-agent", true, ""},
+		{"/var/lib/./bridge-agent", true, ""},
+		{"var/lib/bridge-agent", true, ""},
+		{"/tmp/bridge-agent", true, ""},
+		{"/var/run/bridge-agent", true, ""},
+	} {
+		own, err := CheckOwnPath(tc.path, tc.dirOK)
+		if own != tc.own || (tc.own == "") != (err != nil) {
+			t.Errorf("CheckOwnPath(%q, %v) = %q, %v; want %q", tc.path, tc.dirOK, own, err, tc.own)
+		}
+	}
+}
+
+func TestParseOneDocument(t *testing.T) {
+	for _, tc := range []struct {
+		name, doc string
+		ok        bool
+	}{
+		{"one", minimal, true},
+		{"leading separator", "---\n" + minimal, true},
+		{"trailing separator", minimal + "---\n", true},
+		{"trailing comment document", minimal + "---\n# nothing here\n", true},
+		{"second document", minimal + "---\n" + minimal, false},
+		{"second document overriding", minimal + "---\nstateDir: /\n", false},
+		{"second document after empty", "---\n" + minimal + "---\n---\nkind: X\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.doc))
+			if tc.ok && err != nil {
+				t.Errorf("Parse: %v", err)
+			}
+			if !tc.ok && (err == nil || !strings.Contains(err.Error(), "more than one YAML document")) {
+				t.Errorf("Parse = %v, want the second document refused", err)
+			}
+		})
+	}
+}
+
+func TestValidatePaths(t *testing.T) {
+	c := Default()
+	c.Proxy.SyncPeriod.Duration = time.Nanosecond // not a path: ignored
+	if err := c.ValidatePaths(); err != nil {
+		t.Errorf("default paths: %v", err)
+	}
+	c.StateDir, c.StatusSocket, c.HostRoot = "/", "/etc/x.sock", "rel"
+	var verr ValidationError
+	if !asValidation(c.ValidatePaths(), &verr) {
+		t.Fatalf("want a ValidationError")
+	}
+	if diff := cmp.Diff([]string{"hostRoot", "stateDir", "statusSocket"}, verr.Fields()); diff != "" {
+		t.Errorf("fields (-want +got):\n%s", diff)
 	}
 }

@@ -55,8 +55,9 @@ type Options struct {
 	RestoreAfter time.Duration
 }
 
-// snapshotFile is the last snapshot known good, inside the state directory.
-const snapshotFile = "snapshot.json"
+// SnapshotFile is the name of the last snapshot known good, in the state
+// directory.
+const SnapshotFile = "snapshot.json"
 
 // saveEvery bounds how often a changing cluster is written to disk; the
 // periodic resync writes what a burst left unsaved.
@@ -119,7 +120,7 @@ func New(o Options) (*Daemon, error) {
 		consumerSt: map[string]*ConsumerState{},
 
 		restoreAfter: o.RestoreAfter,
-		statePath:    filepath.Join(o.Config.HostPath(o.Config.StateDir), snapshotFile),
+		statePath:    filepath.Join(o.Config.HostPath(o.Config.StateDir), SnapshotFile),
 	}
 	if d.restoreAfter == 0 {
 		d.restoreAfter = 2 * time.Second
@@ -486,7 +487,7 @@ func (d *Daemon) listen() ([]server, error) {
 // listenUnix opens the status socket, replacing a stale one left by a
 // previous run. Only root may connect.
 func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("status socket: %w", err)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {

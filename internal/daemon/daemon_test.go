@@ -262,7 +262,7 @@ func TestSavedSnapshot(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "orders"},
 		Spec:       v1.ServiceSpec{ClusterIP: "10.96.0.20", Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
 	})
-	path := cfg.HostPath(cfg.StateDir) + "/" + snapshotFile
+	path := cfg.HostPath(cfg.StateDir) + "/" + SnapshotFile
 	savedAt := time.Now().Add(-time.Hour)
 	if err := cluster.SaveSnapshot(path, prev.Snapshot(), savedAt); err != nil {
 		t.Fatal(err)

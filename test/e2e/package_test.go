@@ -452,6 +452,25 @@ func TestPackage(t *testing.T) {
 	vm.run(ctx, t, "systemctl", "start", "bridge-agent")
 	ready("after stop and start")
 
+	// One agent per host under systemd: a second agent and a cleanup beside
+	// the unit's agent are refused, naming its PID; it keeps serving. The
+	// record names the directories systemd made for the unit.
+	mainPID = unitProp(ctx, t, vm, "MainPID")
+	for _, argv := range [][]string{{"bridge-agent", "run"}, {"bridge-agent", "cleanup"}} {
+		out, err := vm.exec(ctx, argv...)
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "(pid "+mainPID+") is running on this host") {
+			t.Errorf("%v beside the unit's agent: %v\n%s\nwant exit status 1 naming pid %s", argv, err, out, mainPID)
+		}
+	}
+	if got := unitProp(ctx, t, vm, "MainPID"); got != mainPID {
+		t.Errorf("the unit's agent changed: MainPID %s, was %s", got, mainPID)
+	}
+	byName("beside a refused second agent")
+	if rec := vm.run(ctx, t, "cat", "/var/lib/bridge-agent/owned.json"); !strings.Contains(rec, `"/var/lib/bridge-agent"`) || !strings.Contains(rec, `"/run/bridge-agent"`) {
+		t.Errorf("record of what the agent made:\n%s\nwant the unit's state and runtime directories", rec)
+	}
+
 	// 5. Upgrade with an edited conffile: the edit stays, the agent restarts
 	// on the new binary, the rules never go away.
 	vm.sh(ctx, t, "echo '# edited on this VM' >> /etc/bridge-agent/config.yaml")
