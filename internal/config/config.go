@@ -172,9 +172,10 @@ type Routes struct {
 	// claiming a broader range, such as 0.0.0.0/1 or 10.0.0.0/8, gets no
 	// route (nodes mode).
 	MinPrefixLength PrefixLengths `json:"minPrefixLength,omitzero"`
-	// AllowedCIDRs, when set, are the ranges every Node's pod CIDR must lie
-	// in, e.g. the cluster's pod range [10.244.0.0/16] (nodes mode); empty:
-	// any range the host guard lets through.
+	// AllowedCIDRs are the ranges every Node's pod CIDR must lie in, e.g.
+	// the cluster's pod range [10.244.0.0/16] (nodes mode); empty: the
+	// private ranges (10.0.0.0/8, 100.64.0.0/10, 172.16.0.0/12,
+	// 192.168.0.0/16, fc00::/7). A public pod range must be listed here.
 	AllowedCIDRs []string `json:"allowedCIDRs,omitempty"`
 }
 

@@ -89,6 +89,19 @@ var Special = []Range{
 	{Prefix: netip.MustParsePrefix("ff00::/8"), Name: "multicast (ff00::/8)"},
 }
 
+// Private are the address ranges a Node's pod CIDR must lie in when the
+// configuration names none (routes.allowedCIDRs): RFC 1918, the shared
+// address space of RFC 6598 and IPv6 unique local addresses. A pod network
+// in public space (common with IPv6) must be listed explicitly, so that a
+// Node cannot claim a public address this host talks to.
+var Private = []netip.Prefix{
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("fc00::/7"),
+}
+
 // clean drops a zone: fe80::1%eth0 is still fe80::1.
 func clean(a netip.Addr) netip.Addr { return a.WithZone("") }
 

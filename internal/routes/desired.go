@@ -37,8 +37,8 @@ type Spec struct {
 	// CIDR may have (nodes mode); broader ones are refused. Zero: the
 	// defaults, DefaultMinPrefixLen4 and DefaultMinPrefixLen6.
 	MinPrefixLen4, MinPrefixLen6 int
-	// AllowedCIDRs, when set, are the ranges a Node's pod CIDR must lie in
-	// (nodes mode).
+	// AllowedCIDRs are the ranges a Node's pod CIDR must lie in (nodes
+	// mode); empty: the private ranges, hostguard.Private.
 	AllowedCIDRs []netip.Prefix
 }
 
@@ -58,12 +58,17 @@ func (s Spec) minPrefixLen(p netip.Prefix) int {
 	return cmp.Or(s.MinPrefixLen6, DefaultMinPrefixLen6)
 }
 
-// allowed reports whether p lies in one of AllowedCIDRs (or none is set).
-func (s Spec) allowed(p netip.Prefix) bool {
+// allowedCIDRs returns the ranges a Node's pod CIDR must lie in.
+func (s Spec) allowedCIDRs() []netip.Prefix {
 	if len(s.AllowedCIDRs) == 0 {
-		return true
+		return hostguard.Private
 	}
-	for _, a := range s.AllowedCIDRs {
+	return s.AllowedCIDRs
+}
+
+// allowed reports whether p lies in one of the allowed ranges.
+func (s Spec) allowed(p netip.Prefix) bool {
+	for _, a := range s.allowedCIDRs() {
 		if a.Bits() <= p.Bits() && a.Contains(p.Addr()) {
 			return true
 		}
@@ -147,7 +152,8 @@ const (
 	// ReasonTooBroad: a Node's pod CIDR is broader than
 	// routes.minPrefixLength allows.
 	ReasonTooBroad Reason = "tooBroad"
-	// ReasonNotAllowed: a Node's pod CIDR lies outside routes.allowedCIDRs.
+	// ReasonNotAllowed: a Node's pod CIDR lies outside routes.allowedCIDRs
+	// (by default, outside the private ranges).
 	ReasonNotAllowed Reason = "notAllowed"
 	// The host guard's reasons (see hostguard.Reason): the destination
 	// overlaps a special range or one of this host's own addresses,
@@ -255,8 +261,11 @@ func screenPodCIDR(spec Spec, n *cluster.Node, c netip.Prefix, host *Host) *Prob
 			Detail: fmt.Sprintf("a Node's pod CIDR may be no broader than /%d (routes.minPrefixLength)", min)}
 	}
 	if !spec.allowed(c) {
-		return &Problem{Reason: ReasonNotAllowed, Node: n.Name, CIDR: c,
-			Detail: "outside routes.allowedCIDRs (" + joinPrefixes(spec.AllowedCIDRs) + ")"}
+		detail := "outside routes.allowedCIDRs (" + joinPrefixes(spec.AllowedCIDRs) + ")"
+		if len(spec.AllowedCIDRs) == 0 {
+			detail = "outside the private ranges (" + joinPrefixes(hostguard.Private) + "); list a public pod range in routes.allowedCIDRs"
+		}
+		return &Problem{Reason: ReasonNotAllowed, Node: n.Name, CIDR: c, Detail: detail}
 	}
 	return nil
 }

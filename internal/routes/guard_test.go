@@ -129,3 +129,28 @@ func TestDesiredGatewayGuard(t *testing.T) {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
 }
+
+// TestDesiredPrivateByDefault: without routes.allowedCIDRs a Node's pod
+// CIDR must be private; listing a public range allows it.
+func TestDesiredPrivateByDefault(t *testing.T) {
+	nodes := []*cluster.Node{node("a", "10.9.0.21", "fd00:9::21", "9.9.9.0/24", "2001:db8:1::/64"),
+		node("b", "10.9.0.22", "fd00:9::22", "172.16.5.0/24", "fd00:244:5::/64")}
+	got := render(Desired(Spec{Mode: ModeNodes, Table: mainTable}, nodes, guardedLAN))
+	want := dedent(`
+		172.16.5.0/24 via 10.9.0.22 [b]
+		fd00:244:5::/64 via fd00:9::22 [b]
+		! node a 9.9.9.0/24: notAllowed: outside the private ranges (10.0.0.0/8, 100.64.0.0/10, 172.16.0.0/12, 192.168.0.0/16, fc00::/7); list a public pod range in routes.allowedCIDRs
+		! node a 2001:db8:1::/64: notAllowed: outside the private ranges (10.0.0.0/8, 100.64.0.0/10, 172.16.0.0/12, 192.168.0.0/16, fc00::/7); list a public pod range in routes.allowedCIDRs`)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	got = render(Desired(Spec{Mode: ModeNodes, Table: mainTable, AllowedCIDRs: mustPrefixes("2001:db8::/32", "172.16.0.0/12")}, nodes, guardedLAN))
+	want = dedent(`
+		172.16.5.0/24 via 10.9.0.22 [b]
+		2001:db8:1::/64 via fd00:9::21 [a]
+		! node a 9.9.9.0/24: notAllowed: outside routes.allowedCIDRs (2001:db8::/32, 172.16.0.0/12)
+		! node b fd00:244:5::/64: notAllowed: outside routes.allowedCIDRs (2001:db8::/32, 172.16.0.0/12)`)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
