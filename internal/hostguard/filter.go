@@ -213,17 +213,20 @@ func (f *Filter) check(k cluster.ServiceKey, svc *cluster.Service, facts *Facts,
 	if svc == nil || len(svc.ClusterIPs) == 0 {
 		return nil
 	}
-	var keep []netip.Addr
 	var refused []RefusedIP
 	for _, ip := range svc.ClusterIPs {
 		if r := f.checkIP(ip, facts); r != nil {
 			refused = append(refused, RefusedIP{Service: k, IP: ip, Reason: r.Reason, Detail: r.Detail})
-			continue
 		}
-		keep = append(keep, ip)
 	}
 	if len(refused) == 0 {
 		return nil
+	}
+	var keep []netip.Addr
+	for _, ip := range svc.ClusterIPs {
+		if !slices.ContainsFunc(refused, func(r RefusedIP) bool { return r.IP == ip }) {
+			keep = append(keep, ip)
+		}
 	}
 	if old != nil && old.in == svc && slices.Equal(old.refused, refused) {
 		return old
