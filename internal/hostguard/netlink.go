@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -119,7 +120,9 @@ func Read(h Reader, resolvers []netip.Addr) (*Facts, error) {
 
 // WatcherOptions configure a Watcher.
 type WatcherOptions struct {
-	// Reader lists addresses and routes; nil: this network namespace.
+	// Netns is the network namespace to watch; nil: the agent's own.
+	Netns *netns.NsHandle
+	// Reader lists addresses and routes; nil: a netlink handle in Netns.
 	Reader Reader
 	// Resolvers returns the host's resolvers; nil: none.
 	Resolvers func() []netip.Addr
@@ -158,7 +161,13 @@ func NewWatcher(o WatcherOptions) (*Watcher, error) {
 		o.Every = 30 * time.Second
 	}
 	if o.Reader == nil {
-		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		var h *netlink.Handle
+		var err error
+		if o.Netns != nil {
+			h, err = netlink.NewHandleAt(*o.Netns, unix.NETLINK_ROUTE)
+		} else {
+			h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("host guard: open netlink: %w", err)
 		}
@@ -298,11 +307,11 @@ func (w *Watcher) subscribe() subscription {
 		done:   make(chan struct{}),
 	}
 	onErr := func(err error) { w.log.Debug("host guard: netlink notification error", "err", err) }
-	if err := netlink.AddrSubscribeWithOptions(s.addrs, s.done, netlink.AddrSubscribeOptions{ErrorCallback: onErr}); err != nil {
+	if err := netlink.AddrSubscribeWithOptions(s.addrs, s.done, netlink.AddrSubscribeOptions{ErrorCallback: onErr, Namespace: w.o.Netns}); err != nil {
 		w.log.Warn("host guard: cannot watch address changes; reading them every period only", "err", err)
 		s.addrs = nil
 	}
-	if err := netlink.RouteSubscribeWithOptions(s.routes, s.done, netlink.RouteSubscribeOptions{ErrorCallback: onErr}); err != nil {
+	if err := netlink.RouteSubscribeWithOptions(s.routes, s.done, netlink.RouteSubscribeOptions{ErrorCallback: onErr, Namespace: w.o.Netns}); err != nil {
 		w.log.Warn("host guard: cannot watch route changes; reading them every period only", "err", err)
 		s.routes = nil
 	}
