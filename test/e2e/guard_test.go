@@ -19,6 +19,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
+	"github.com/bridge-agent/bridge-agent/internal/hostguard"
 	"github.com/bridge-agent/bridge-agent/internal/routes"
 	"github.com/bridge-agent/bridge-agent/internal/testbed"
 )
@@ -355,6 +356,53 @@ func TestHostileCluster(t *testing.T) {
 			t.Errorf("%s logged %d times, want once (when it was refused):\n%s", w, n, a.Log())
 		}
 	}
+
+	// The host changes under a running agent: a Service's ClusterIP becomes
+	// one of the VM's own addresses. The guard hears it from netlink (well
+	// before the periodic check, proxy.syncPeriod 10s) and the VM's own
+	// traffic to that address reaches the VM again, not the pod; when the
+	// address goes, the Service works again.
+	const ownIP = "10.96.250.250"
+	if _, err := guardService(ctx, t, ns, "later", ownIP, sel); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the Service on "+ownIP, func() error {
+		if got, err := guardAsk(ctx, ownIP+":80"); err != nil || got != pod.Name {
+			return fmt.Errorf("got %q, %v", got, err)
+		}
+		return nil
+	})
+	vmExec(ctx, t, "ip", "addr", "add", ownIP+"/32", "dev", "lo")
+	t.Cleanup(func() {
+		_, _ = tb.Exec(context.Background(), tb.VMNetns, "ip", "addr", "del", ownIP+"/32", "dev", "lo")
+	})
+	guardResponder(t, tb.VMNetns, ownIP+":80", "the VM itself")
+	took := waitFor(t, 5*time.Second, "the VM's new address refused as a ClusterIP", func() error {
+		st, err := a.Status(ctx)
+		if err != nil {
+			return err
+		}
+		for _, r := range st.Guard.RefusedClusterIPs {
+			if r.IP.String() == ownIP && r.Reason == hostguard.ReasonHostAddress {
+				return nil
+			}
+		}
+		return fmt.Errorf("not refused: %+v", st.Guard.RefusedClusterIPs)
+	})
+	t.Logf("a new address of the VM refused as a ClusterIP %s after it appeared", took.Round(time.Millisecond))
+	waitFor(t, 5*time.Second, "the VM's traffic to its own address", func() error {
+		if got, err := guardAsk(ctx, ownIP+":80"); err != nil || got != "the VM itself" {
+			return fmt.Errorf("got %q, %v", got, err)
+		}
+		return nil
+	})
+	vmExec(ctx, t, "ip", "addr", "del", ownIP+"/32", "dev", "lo")
+	waitFor(t, 5*time.Second, "the Service once the address is gone", func() error {
+		if got, err := guardAsk(ctx, ownIP+":80"); err != nil || got != pod.Name {
+			return fmt.Errorf("got %q, %v", got, err)
+		}
+		return nil
+	})
 
 	// The hostile objects go: the refusals go with them, and the VM's traffic
 	// still goes where it went.
