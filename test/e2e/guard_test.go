@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net/netip"
@@ -43,20 +42,6 @@ func guardResponder(t *testing.T, netns, addr, name string) {
 			c.Close()
 		}
 	}()
-}
-
-// guardAsk connects from the VM to addr and returns the line it answers.
-func guardAsk(ctx context.Context, addr string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	c, err := tb.DialContext(tb.VMNetns)(ctx, "tcp", addr)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	return strings.TrimSpace(line), err
 }
 
 // guardHost adds a sandbox host and runs ip commands in it.
@@ -157,7 +142,7 @@ func TestHostileCluster(t *testing.T) {
 	checkTargets := func(when string) {
 		t.Helper()
 		for addr, want := range targets {
-			if got, err := guardAsk(ctx, addr); err != nil || got != want {
+			if got, err := askTCP(ctx, addr); err != nil || got != want {
 				t.Errorf("%s: VM to %s: got %q (%v), want %q", when, addr, got, err, want)
 			}
 		}
@@ -179,7 +164,7 @@ func TestHostileCluster(t *testing.T) {
 	legit := func(when string) {
 		t.Helper()
 		waitFor(t, 10*time.Second, when+": the legitimate Service and pod route", func() error {
-			if got, err := guardAsk(ctx, web.Spec.ClusterIP+":80"); err != nil || got != pod.Name {
+			if got, err := askTCP(ctx, web.Spec.ClusterIP+":80"); err != nil || got != pod.Name {
 				return fmt.Errorf("Service %s: got %q, %v", web.Spec.ClusterIP, got, err)
 			}
 			if got, err := rtAsk(ctx, pod.IPv4); err != nil || got != pod.Name {
@@ -367,7 +352,7 @@ func TestHostileCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the Service on "+ownIP, func() error {
-		if got, err := guardAsk(ctx, ownIP+":80"); err != nil || got != pod.Name {
+		if got, err := askTCP(ctx, ownIP+":80"); err != nil || got != pod.Name {
 			return fmt.Errorf("got %q, %v", got, err)
 		}
 		return nil
@@ -391,14 +376,14 @@ func TestHostileCluster(t *testing.T) {
 	})
 	t.Logf("a new address of the VM refused as a ClusterIP %s after it appeared", took.Round(time.Millisecond))
 	waitFor(t, 5*time.Second, "the VM's traffic to its own address", func() error {
-		if got, err := guardAsk(ctx, ownIP+":80"); err != nil || got != "the VM itself" {
+		if got, err := askTCP(ctx, ownIP+":80"); err != nil || got != "the VM itself" {
 			return fmt.Errorf("got %q, %v", got, err)
 		}
 		return nil
 	})
 	vmExec(ctx, t, "ip", "addr", "del", ownIP+"/32", "dev", "lo")
 	waitFor(t, 5*time.Second, "the Service once the address is gone", func() error {
-		if got, err := guardAsk(ctx, ownIP+":80"); err != nil || got != pod.Name {
+		if got, err := askTCP(ctx, ownIP+":80"); err != nil || got != pod.Name {
 			return fmt.Errorf("got %q, %v", got, err)
 		}
 		return nil
