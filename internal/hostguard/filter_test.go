@@ -2,11 +2,14 @@ package hostguard
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
@@ -227,5 +230,54 @@ func TestFilterIncrementalEqualsFull(t *testing.T) {
 	}
 	if f.full > 150 {
 		t.Errorf("%d of 400 steps evaluated every Service", f.full)
+	}
+}
+
+// countingHandler counts log records by level and message.
+type countingHandler struct {
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.counts[r.Level.String()+" "+r.Message]++
+	return nil
+}
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
+
+// TestFilterLogsOncePerChange: a refusal is logged when it appears and
+// when it goes, not on every snapshot; a burst of refusals is logged as ten
+// lines and a count.
+func TestFilterLogsOncePerChange(t *testing.T) {
+	h := &countingHandler{counts: map[string]int{}}
+	f := NewFilter(nil, slog.New(h))
+	const refusedMsg = "WARN host guard: ClusterIP refused: no rules, no DNS answer"
+	cur := snapOf(1, prefixes("10.96.0.0/16"), svc("gw", "10.250.0.1"), svc("ok", "10.96.0.1"))
+	f.Apply(cur, host)
+	for i := range 20 { // the cluster keeps changing other Services
+		name := fmt.Sprintf("other%d", i)
+		cur = next(cur, map[string]*cluster.Service{name: svc(name, "10.96.1.1")})
+		f.Apply(cur, host)
+	}
+	moved := *host // new facts, same verdict
+	f.Apply(cur, &moved)
+	if n := h.counts[refusedMsg]; n != 1 {
+		t.Errorf("one refusal logged %d times over 22 snapshots", n)
+	}
+	set := map[string]*cluster.Service{"gw": nil}
+	for i := range 50 {
+		name := fmt.Sprintf("bad%d", i)
+		set[name] = svc(name, "10.97.0.1")
+	}
+	f.Apply(next(cur, set), &moved)
+	if n, more := h.counts[refusedMsg], h.counts["WARN host guard: more ClusterIPs refused (bridge-agent status lists them)"]; n != 1+maxLogged || more != 1 {
+		t.Errorf("50 new refusals: %d lines and %d summaries, want %d and 1", n-1, more, maxLogged)
+	}
+	if n := h.counts["INFO host guard: no longer refused"]; n != 1 {
+		t.Errorf("the refusal that went was logged %d times", n)
 	}
 }
