@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 	"github.com/bridge-agent/bridge-agent/internal/config"
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
 	"github.com/bridge-agent/bridge-agent/internal/ownfiles"
+	"github.com/bridge-agent/bridge-agent/internal/hostguard"
 	"github.com/bridge-agent/bridge-agent/internal/proxy"
 	"github.com/bridge-agent/bridge-agent/internal/routes"
 	"github.com/bridge-agent/bridge-agent/internal/version"
@@ -62,7 +64,12 @@ func runCmd(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	consumers, stopConsumers, err := newConsumers(ctx, cfg, log)
+	guard, err := newGuard(cfg, log.With("consumer", "guard"))
+	if err != nil {
+		log.Error("cannot run", "err", err)
+		return 1
+	}
+	consumers, stopConsumers, err := newConsumers(ctx, cfg, log, guard)
 	if err != nil {
 		log.Error("cannot run", "err", err)
 		return 1
@@ -75,6 +82,7 @@ func runCmd(args []string, stderr io.Writer) int {
 		Logger:    log,
 		Version:   version.Version,
 		Consumers: consumers,
+		Guard:     guard,
 	})
 	if err == nil {
 		err = d.Run(ctx)
@@ -88,10 +96,10 @@ func runCmd(args []string, stderr io.Writer) int {
 
 // newConsumers builds the host-side consumers the configuration asks for,
 // and a function that stops those that hold resources (the DNS stub).
-func newConsumers(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ []daemon.Consumer, stop func(), err error) {
+func newConsumers(ctx context.Context, cfg *config.Config, log *slog.Logger, guard *hostguard.Watcher) (_ []daemon.Consumer, stop func(), err error) {
 	var out []daemon.Consumer
 	stop = func() {}
-	rt, err := routes.New(cfg, log.With("consumer", "routes"))
+	rt, err := routes.New(cfg, log.With("consumer", "routes"), func() []netip.Addr { return guard.Facts().Resolvers })
 	if err != nil {
 		return nil, nil, err
 	}

@@ -115,6 +115,10 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) {
 	}
 	printProxy(w, st)
 	printRoutes(w, st)
+	if st.Guard != nil {
+		fmt.Fprintln(w, "\nHost guard (Service ranges and ClusterIPs; refused routes are under Routes):")
+		st.Guard.WriteText(w)
+	}
 	printDNS(w, st)
 
 	fmt.Fprintf(w, "\nServices (%d, %d endpoints):\n", len(st.Snapshot.Services), st.Snapshot.Endpoints)

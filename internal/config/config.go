@@ -21,6 +21,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
+
+	"github.com/bridge-agent/bridge-agent/internal/hostguard"
 )
 
 // APIVersion and Kind identify the configuration document.
@@ -169,6 +171,22 @@ type Routes struct {
 	// gateways' interface, or, for a family without gateways, a route
 	// straight onto this link.
 	Device string `json:"device,omitempty"`
+	// MinPrefixLength is the shortest prefix a Node's pod CIDR may have,
+	// per family (default ipv4: 16, ipv6: 48; 0 is the default): a Node
+	// claiming a broader range, such as 0.0.0.0/1 or 10.0.0.0/8, gets no
+	// route (nodes mode).
+	MinPrefixLength PrefixLengths `json:"minPrefixLength,omitzero"`
+	// AllowedCIDRs are the ranges every Node's pod CIDR must lie in, e.g.
+	// the cluster's pod range [10.244.0.0/16] (nodes mode); empty: the
+	// private ranges (10.0.0.0/8, 100.64.0.0/10, 172.16.0.0/12,
+	// 192.168.0.0/16, fc00::/7). A public pod range must be listed here.
+	AllowedCIDRs []string `json:"allowedCIDRs,omitempty"`
+}
+
+// PrefixLengths is a prefix length per family.
+type PrefixLengths struct {
+	IPv4 int `json:"ipv4,omitempty"`
+	IPv6 int `json:"ipv6,omitempty"`
 }
 
 // DNS modes.
@@ -248,6 +266,8 @@ func Default() *Config {
 			Mode:     RoutesNodes,
 			Protocol: DefaultRouteProtocol,
 			Table:    DefaultRouteTable,
+			// Nothing broader than a /16 or a /48 from a Node.
+			MinPrefixLength: PrefixLengths{IPv4: 16, IPv6: 48},
 		},
 		DNS: DNS{
 			Mode:                   DNSStub,
@@ -424,6 +444,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	c.validateRoutes(bad)
+	c.validateGuard(bad)
 	if c.Logging.Format != "text" && c.Logging.Format != "json" {
 		bad("logging.format", quote(c.Logging.Format), `must be "text" or "json"`)
 	}
@@ -716,6 +737,72 @@ func (c *Config) validateRoutes(bad func(field string, value any, reason string)
 			seen[p] = true
 		}
 	}
+}
+
+// validateGuard checks what the host guard takes from the configuration:
+// the pod CIDR limits, and that no configured range or next hop lies in a
+// special range (loopback, link-local and cloud metadata, multicast, ...;
+// see hostguard.Special). What depends on the host (its own networks,
+// gateways and resolvers) is the guard's to check at run time.
+func (c *Config) validateGuard(bad func(field string, value any, reason string)) {
+	r := &c.Routes
+	if l := r.MinPrefixLength.IPv4; l < 0 || l > 32 {
+		bad("routes.minPrefixLength.ipv4", l, "must be a prefix length from 1 to 32 (0: the default, 16)")
+	}
+	if l := r.MinPrefixLength.IPv6; l < 0 || l > 128 {
+		bad("routes.minPrefixLength.ipv6", l, "must be a prefix length from 1 to 128 (0: the default, 48)")
+	}
+	special := func(field, s string) {
+		p, err := netip.ParsePrefix(s)
+		if err != nil || p.Masked() != p || p.Bits() == 0 {
+			return // reported where the field is parsed
+		}
+		if ref := hostguard.SpecialPrefix(p); ref != nil {
+			bad(field, quote(s), "must not overlap a special range: "+ref.Detail)
+		}
+	}
+	for i, s := range r.AllowedCIDRs {
+		field := fmt.Sprintf("routes.allowedCIDRs[%d]", i)
+		if p, err := netip.ParsePrefix(s); err != nil || p.Masked() != p {
+			bad(field, quote(s), "must be a CIDR such as 10.244.0.0/16 with no host bits")
+			continue
+		}
+		special(field, s)
+	}
+	if len(r.AllowedCIDRs) > 0 && r.Mode != RoutesNodes {
+		bad("routes.allowedCIDRs", "(set)", "only used with routes.mode: nodes")
+	}
+	for i, s := range c.ServiceCIDRs {
+		special(fmt.Sprintf("serviceCIDRs[%d]", i), s)
+	}
+	if r.Mode != RoutesGateway {
+		return
+	}
+	for i, s := range r.CIDRs {
+		special(fmt.Sprintf("routes.cidrs[%d]", i), s)
+	}
+	for i, s := range r.Gateways {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" || !(a.IsGlobalUnicast() || a.IsLinkLocalUnicast()) ||
+			(a.Is6() && a.IsLinkLocalUnicast() && r.Device == "") {
+			continue // reported by validateRoutes
+		}
+		if ref := hostguard.SpecialNexthop(a, r.Device != ""); ref != nil {
+			bad(fmt.Sprintf("routes.gateways[%d]", i), quote(s), "must not be in a special range: "+ref.Detail)
+		}
+	}
+}
+
+// ParsedServiceCIDRs returns serviceCIDRs as prefixes, skipping what does
+// not parse (Validate reports it).
+func (c *Config) ParsedServiceCIDRs() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range c.ServiceCIDRs {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+		}
+	}
+	return out
 }
 
 // isIfName reports whether s is a valid Linux interface name.

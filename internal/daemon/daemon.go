@@ -24,6 +24,7 @@ import (
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
 	"github.com/bridge-agent/bridge-agent/internal/config"
+	"github.com/bridge-agent/bridge-agent/internal/hostguard"
 )
 
 // Consumer turns a snapshot into host state. Sync is called with the whole
@@ -53,6 +54,9 @@ type Options struct {
 	// serves the last snapshot known good from the state directory (default
 	// 2s; negative never restores).
 	RestoreAfter time.Duration
+	// Guard keeps this host's facts for the host guard; Run runs it. nil:
+	// only the special ranges and the Service ranges are checked.
+	Guard *hostguard.Watcher
 }
 
 // SnapshotFile is the name of the last snapshot known good, in the state
@@ -85,6 +89,8 @@ type Daemon struct {
 	metrics   *metrics
 	notify    *notifier
 	start     time.Time
+	guard     *hostguard.Watcher
+	filter    *hostguard.Filter // between the cluster view and the consumers
 
 	restoreAfter time.Duration
 	statePath    string
@@ -118,6 +124,8 @@ func New(o Options) (*Daemon, error) {
 		notify:     newNotifier(),
 		start:      time.Now(),
 		consumerSt: map[string]*ConsumerState{},
+		guard:      o.Guard,
+		filter:     hostguard.NewFilter(o.Config.ParsedServiceCIDRs(), o.Logger),
 
 		restoreAfter: o.RestoreAfter,
 		statePath:    filepath.Join(o.Config.HostPath(o.Config.StateDir), SnapshotFile),
@@ -145,6 +153,9 @@ func New(o Options) (*Daemon, error) {
 	}
 	d.watcher = w
 	d.metrics = newMetrics(o.Version, d.tracker.Counts)
+	if err := registerAll(d.metrics.registry, d.filter.Collectors()); err != nil {
+		return nil, fmt.Errorf("metrics of the host guard: %w", err)
+	}
 	for _, c := range d.consumers {
 		if mp, ok := c.(MetricsProvider); ok {
 			if err := registerAll(d.metrics.registry, mp.Collectors()); err != nil {
@@ -182,6 +193,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		wg.Go(func() { w.runner.Run(ctx) })
 	}
 	wg.Go(func() { d.saver.Run(ctx) })
+	if d.guard != nil {
+		wg.Go(func() { d.guard.Run(ctx, d.runner.Poke) })
+	}
 	if iv := watchdogInterval(); iv > 0 {
 		wg.Go(func() { d.watchdog(ctx, iv) })
 	}
@@ -330,6 +344,9 @@ func (d *Daemon) publish(context.Context) error {
 			return nil
 		}
 	}
+	// Every consumer gets the guarded snapshot: without the ClusterIPs the
+	// host guard refuses (see internal/hostguard).
+	snap = d.filter.Apply(snap, d.guardFacts())
 	d.mu.Lock()
 	if d.snap != snap {
 		d.seq++
@@ -353,6 +370,15 @@ func (d *Daemon) publish(context.Context) error {
 		}
 	}
 	return nil
+}
+
+// guardFacts returns this host's facts for the host guard, nil without a
+// watcher.
+func (d *Daemon) guardFacts() *hostguard.Facts {
+	if d.guard == nil {
+		return nil
+	}
+	return d.guard.Facts()
 }
 
 // healthy reports whether the sync loop keeps up: no change has waited for
@@ -401,6 +427,11 @@ func (d *Daemon) Status() *Status {
 		st.Consumers[i].Details = details(c)
 	}
 	st.Synced = d.watcher.HasSynced()
+	gs := d.filter.Status()
+	if d.guard != nil {
+		gs.Version, gs.Facts = d.guard.Version(), d.guard.Facts()
+	}
+	st.Guard = &gs
 	st.APIServer.Host = d.apiHost
 	if err, at := d.watcher.LastError(); err != nil {
 		st.APIServer.LastError, st.APIServer.LastErrorTime = err.Error(), at

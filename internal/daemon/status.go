@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
+	"github.com/bridge-agent/bridge-agent/internal/hostguard"
 )
 
 // Status is what `bridge-agent status` shows: the running agent's view of the
@@ -26,6 +27,10 @@ type Status struct {
 	LastSuccess time.Time       `json:"lastSuccess,omitzero"`
 	Consumers   []ConsumerState `json:"consumers,omitempty"`
 	Snapshot    SnapshotStatus  `json:"snapshot"`
+	// Guard is what the host guard knows of this host and refused of the
+	// cluster's Service ranges and ClusterIPs (refused routes are in the
+	// routes consumer's details).
+	Guard *hostguard.Status `json:"guard,omitempty"`
 }
 
 // APIStatus tells how the agent's watch on the API server fares.

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
+	"github.com/bridge-agent/bridge-agent/internal/hostguard"
 )
 
 // Modes of Spec.Mode, as in config.Routes.
@@ -32,26 +33,53 @@ type Spec struct {
 	CIDRs    []netip.Prefix
 	Gateways []netip.Addr
 	Device   string
+	// MinPrefixLen4 and MinPrefixLen6 are the shortest prefix a Node's pod
+	// CIDR may have (nodes mode); broader ones are refused. Zero: the
+	// defaults, DefaultMinPrefixLen4 and DefaultMinPrefixLen6.
+	MinPrefixLen4, MinPrefixLen6 int
+	// AllowedCIDRs are the ranges a Node's pod CIDR must lie in (nodes
+	// mode); empty: the private ranges, hostguard.Private.
+	AllowedCIDRs []netip.Prefix
 }
 
-// Host is what the desired routes depend on of this host.
-type Host struct {
-	// Connected are the subnets of this host's interfaces: a next hop in
-	// one of them is on-link.
-	Connected []netip.Prefix
-	// Local are this host's own addresses.
-	Local []netip.Addr
+// Defaults of Spec.MinPrefixLen4 and Spec.MinPrefixLen6: nothing broader
+// than a /16 (IPv4) or a /48 (IPv6) from a Node.
+const (
+	DefaultMinPrefixLen4 = 16
+	DefaultMinPrefixLen6 = 48
+)
+
+// minPrefixLen returns the shortest prefix allowed for a pod CIDR of p's
+// family.
+func (s Spec) minPrefixLen(p netip.Prefix) int {
+	if p.Addr().Is4() {
+		return cmp.Or(s.MinPrefixLen4, DefaultMinPrefixLen4)
+	}
+	return cmp.Or(s.MinPrefixLen6, DefaultMinPrefixLen6)
 }
 
-// onLink reports whether a is in a connected subnet.
-func (h Host) onLink(a netip.Addr) bool {
-	for _, p := range h.Connected {
-		if p.Contains(a) {
+// allowedCIDRs returns the ranges a Node's pod CIDR must lie in.
+func (s Spec) allowedCIDRs() []netip.Prefix {
+	if len(s.AllowedCIDRs) == 0 {
+		return hostguard.Private
+	}
+	return s.AllowedCIDRs
+}
+
+// allowed reports whether p lies in one of the allowed ranges.
+func (s Spec) allowed(p netip.Prefix) bool {
+	for _, a := range s.allowedCIDRs() {
+		if a.Bits() <= p.Bits() && a.Contains(p.Addr()) {
 			return true
 		}
 	}
 	return false
 }
+
+// Host is what the desired routes depend on of this host: its addresses,
+// connected subnets, default gateways and resolvers, as the host guard
+// knows them. Every destination and next hop passes the guard's checks.
+type Host = hostguard.Facts
 
 // Nexthop is one next hop: a gateway, a device or both.
 type Nexthop struct {
@@ -121,7 +149,31 @@ const (
 	ReasonConflict Reason = "conflict"
 	// ReasonNoDevice: routes.device does not exist on this host.
 	ReasonNoDevice Reason = "noDevice"
+	// ReasonTooBroad: a Node's pod CIDR is broader than
+	// routes.minPrefixLength allows.
+	ReasonTooBroad Reason = "tooBroad"
+	// ReasonNotAllowed: a Node's pod CIDR lies outside routes.allowedCIDRs
+	// (by default, outside the private ranges).
+	ReasonNotAllowed Reason = "notAllowed"
+	// The host guard's reasons (see hostguard.Reason): the destination
+	// overlaps a special range or one of this host's own addresses,
+	// gateways, resolvers or networks, or the next hop is special.
+	ReasonSpecialRange Reason = Reason(hostguard.ReasonSpecial)
+	ReasonHostAddress  Reason = Reason(hostguard.ReasonHostAddress)
+	ReasonHostGateway  Reason = Reason(hostguard.ReasonHostGateway)
+	ReasonHostResolver Reason = Reason(hostguard.ReasonHostResolver)
+	ReasonHostNetwork  Reason = Reason(hostguard.ReasonHostNetwork)
 )
+
+// reasons lists every Reason, for metrics.
+var reasons = []Reason{ReasonConflict, ReasonNotOnLink, ReasonNoPodCIDR, ReasonNoInternalIP, ReasonLocalNode,
+	ReasonOverlap, ReasonNoDevice, ReasonTooBroad, ReasonNotAllowed, ReasonSpecialRange, ReasonHostAddress,
+	ReasonHostGateway, ReasonHostResolver, ReasonHostNetwork}
+
+// guarded turns a refusal of the host guard into a Problem.
+func guarded(r *hostguard.Refusal, node string, c netip.Prefix) *Problem {
+	return &Problem{Reason: Reason(r.Reason), Node: node, CIDR: c, Detail: r.Detail}
+}
 
 // Problem is a route that cannot be had, and why.
 type Problem struct {
@@ -155,9 +207,9 @@ func Desired(spec Spec, nodes []*cluster.Node, host Host) ([]Route, []Problem) {
 	var problems []Problem
 	switch spec.Mode {
 	case ModeNodes:
-		routes, problems = nodeRoutes(spec.Table, nodes, host)
+		routes, problems = nodeRoutes(spec, nodes, &host)
 	case ModeGateway:
-		routes, problems = gatewayRoutes(spec, host)
+		routes, problems = gatewayRoutes(spec, &host)
 	}
 	sortRoutes(routes)
 	sortProblems(problems)
@@ -165,7 +217,7 @@ func Desired(spec Spec, nodes []*cluster.Node, host Host) ([]Route, []Problem) {
 }
 
 // nodeRoutes routes every Node's pod CIDRs via its InternalIP.
-func nodeRoutes(table int, nodes []*cluster.Node, host Host) ([]Route, []Problem) {
+func nodeRoutes(spec Spec, nodes []*cluster.Node, host *Host) ([]Route, []Problem) {
 	var routes []Route
 	var problems []Problem
 	for _, n := range nodes {
@@ -180,21 +232,47 @@ func nodeRoutes(table int, nodes []*cluster.Node, host Host) ([]Route, []Problem
 				continue
 			}
 			seen[c] = true
-			gw, p := nodeGateway(n, c, host)
+			p := screenPodCIDR(spec, n, c, host)
+			var gw netip.Addr
+			if p == nil {
+				gw, p = nodeGateway(n, c, host)
+			}
 			if p != nil {
 				problems = append(problems, *p)
 				continue
 			}
-			routes = append(routes, Route{Dst: c, Table: table, Nexthops: []Nexthop{{Gw: gw}}, Node: n.Name})
+			routes = append(routes, Route{Dst: c, Table: spec.Table, Nexthops: []Nexthop{{Gw: gw}}, Node: n.Name})
 		}
 	}
 	routes, overlaps := dropOverlaps(routes)
 	return routes, append(problems, overlaps...)
 }
 
+// screenPodCIDR refuses a Node's pod CIDR that the host guard refuses
+// (special ranges, this host's addresses, gateways, resolvers and
+// networks), that is broader than the configured limit, or that lies
+// outside routes.allowedCIDRs.
+func screenPodCIDR(spec Spec, n *cluster.Node, c netip.Prefix, host *Host) *Problem {
+	if r := host.CheckPrefix(c); r != nil {
+		return guarded(r, n.Name, c)
+	}
+	if min := spec.minPrefixLen(c); c.Bits() < min {
+		return &Problem{Reason: ReasonTooBroad, Node: n.Name, CIDR: c,
+			Detail: fmt.Sprintf("a Node's pod CIDR may be no broader than /%d (routes.minPrefixLength)", min)}
+	}
+	if !spec.allowed(c) {
+		detail := "outside routes.allowedCIDRs (" + joinPrefixes(spec.AllowedCIDRs) + ")"
+		if len(spec.AllowedCIDRs) == 0 {
+			detail = "outside the private ranges (" + joinPrefixes(hostguard.Private) + "); list a public pod range in routes.allowedCIDRs"
+		}
+		return &Problem{Reason: ReasonNotAllowed, Node: n.Name, CIDR: c, Detail: detail}
+	}
+	return nil
+}
+
 // nodeGateway picks the InternalIP of node n to route pod CIDR c via: the
 // first of c's family that is on-link.
-func nodeGateway(n *cluster.Node, c netip.Prefix, host Host) (netip.Addr, *Problem) {
+func nodeGateway(n *cluster.Node, c netip.Prefix, host *Host) (netip.Addr, *Problem) {
 	var family []netip.Addr
 	for _, ip := range n.InternalIPs {
 		if ip.Unmap().Is4() == c.Addr().Is4() {
@@ -212,7 +290,12 @@ func nodeGateway(n *cluster.Node, c netip.Prefix, host Host) (netip.Addr, *Probl
 		}
 	}
 	for _, ip := range family {
-		if host.onLink(ip) {
+		if r := host.CheckNexthop(ip, false); r != nil {
+			return netip.Addr{}, guarded(&hostguard.Refusal{Reason: r.Reason, Detail: "InternalIP: " + r.Detail}, n.Name, c)
+		}
+	}
+	for _, ip := range family {
+		if host.OnLink(ip) {
 			return ip, nil
 		}
 	}
@@ -259,12 +342,16 @@ func dropOverlaps(routes []Route) ([]Route, []Problem) {
 
 // gatewayRoutes routes the configured CIDRs via the configured gateways of
 // their family (ECMP when several), or onto the device.
-func gatewayRoutes(spec Spec, host Host) ([]Route, []Problem) {
+func gatewayRoutes(spec Spec, host *Host) ([]Route, []Problem) {
 	var routes []Route
 	var problems []Problem
 	reported := map[netip.Addr]bool{}
 	for _, c := range spec.CIDRs {
 		c = c.Masked()
+		if r := host.CheckPrefix(c); r != nil {
+			problems = append(problems, *guarded(r, "", c))
+			continue
+		}
 		var hops []Nexthop
 		family := 0
 		for _, gw := range spec.Gateways {
@@ -273,8 +360,15 @@ func gatewayRoutes(spec Spec, host Host) ([]Route, []Problem) {
 				continue
 			}
 			family++
+			if r := host.CheckNexthop(gw, spec.Device != ""); r != nil {
+				if !reported[gw] {
+					reported[gw] = true
+					problems = append(problems, *guarded(r, "", c))
+				}
+				continue
+			}
 			// A link-local gateway is on-link on its device by definition.
-			if !host.onLink(gw) && !(gw.IsLinkLocalUnicast() && spec.Device != "") {
+			if !host.OnLink(gw) && !(gw.IsLinkLocalUnicast() && spec.Device != "") {
 				if !reported[gw] {
 					reported[gw] = true
 					problems = append(problems, Problem{Reason: ReasonNotOnLink, CIDR: c,

@@ -5,8 +5,8 @@
 // # Contract
 //
 // The package is split in two. The pure part turns a cluster.Snapshot, the
-// configuration and what the host looks like (its connected subnets and its
-// own addresses) into the desired routes as data, with the reason for every
+// configuration and what the host looks like (hostguard.Facts: its connected
+// subnets, its own addresses, default gateways and resolvers) into the desired routes as data, with the reason for every
 // route that cannot be had:
 //
 //   - Desired computes the routes of the configured mode:
@@ -15,6 +15,15 @@
 //     directly connected to. A Node without pod CIDRs, without an InternalIP
 //     of a family, off-link, using this host's own address, or claiming a pod
 //     CIDR that overlaps another Node's gets no route and a Problem instead.
+//     Before that, every pod CIDR and next hop passes the host guard
+//     (internal/hostguard): a CIDR overlapping a special range or this
+//     host's networks, or holding its addresses, gateways or resolvers, one
+//     broader than Spec.MinPrefixLen4/6 (default /16 and /48) or outside
+//     Spec.AllowedCIDRs (default: the private ranges), and a next hop that
+//     is special or this host itself, are refused with the guard's reason.
+//     Refused CIDRs take no part in the overlap check, so a hostile broad
+//     claim cannot knock out a legitimate Node's route. Gateway mode's
+//     configured CIDRs and gateways get the same host checks.
 //     gateway: the configured CIDRs via the configured gateways (several of a
 //     family make one equal-cost multipath route) or straight onto a device.
 //     none: no routes.

@@ -11,6 +11,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/bridge-agent/bridge-agent/internal/hostguard"
 )
 
 // netlinkHandle is what the reconciler needs of netlink: *netlink.Handle in
@@ -28,54 +30,7 @@ type netlinkHandle interface {
 
 var _ netlinkHandle = (*netlink.Handle)(nil)
 
-// hostFrom returns the connected subnets and local addresses of addrs.
-// Loopback (scope host) and IPv6 link-local addresses say nothing about
-// which gateways are on-link and are left out of Connected.
-func hostFrom(addrs []netlink.Addr) Host {
-	var h Host
-	for _, a := range addrs {
-		if a.IPNet == nil {
-			continue
-		}
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if !ok {
-			continue
-		}
-		ip = ip.Unmap()
-		h.Local = append(h.Local, ip)
-		if a.Scope == unix.RT_SCOPE_HOST || ip.IsLoopback() || (ip.Is6() && ip.IsLinkLocalUnicast()) {
-			continue
-		}
-		subnet := a.IPNet
-		if a.Peer != nil {
-			subnet = a.Peer // point-to-point: the peer's prefix is on-link
-		}
-		if p, ok := prefixFrom(subnet); ok {
-			h.Connected = append(h.Connected, p.Masked())
-		}
-	}
-	slices.SortFunc(h.Connected, comparePrefix)
-	h.Connected = slices.Compact(h.Connected)
-	slices.SortFunc(h.Local, netip.Addr.Compare)
-	h.Local = slices.Compact(h.Local)
-	return h
-}
-
-func prefixFrom(n *net.IPNet) (netip.Prefix, bool) {
-	ip, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, bits := n.Mask.Size()
-	if bits == 0 {
-		return netip.Prefix{}, false
-	}
-	ip = ip.Unmap()
-	if ip.Is4() && bits == 128 {
-		ones -= 96
-	}
-	return netip.PrefixFrom(ip, ones), true
-}
+func prefixFrom(n *net.IPNet) (netip.Prefix, bool) { return hostguard.PrefixFrom(n) }
 
 // dstOf returns a kernel route's destination; a nil Dst is the default
 // route of the route's family.

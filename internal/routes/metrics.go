@@ -24,7 +24,7 @@ func newMetrics() *metrics {
 		}),
 		problems: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "bridge_agent_routes_problems",
-			Help: "Routes the cluster or the configuration asks for that are not installed, by reason (conflict, notOnLink, noPodCIDR, noInternalIP, localNode, overlap, noDevice).",
+			Help: "Routes the cluster or the configuration asks for that are not installed, by reason (conflict, notOnLink, noPodCIDR, noInternalIP, localNode, overlap, noDevice, tooBroad, notAllowed, and the host guard's specialRange, hostAddress, hostGateway, hostResolver, hostNetwork).",
 		}, []string{"reason"}),
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bridge_agent_routes_changes_total",
@@ -38,7 +38,7 @@ func newMetrics() *metrics {
 	for _, f := range []string{"ipv4", "ipv6"} {
 		m.installed.WithLabelValues(f)
 	}
-	for _, r := range []Reason{ReasonConflict, ReasonNotOnLink, ReasonNoPodCIDR, ReasonNoInternalIP, ReasonLocalNode, ReasonOverlap, ReasonNoDevice} {
+	for _, r := range reasons {
 		m.problems.WithLabelValues(string(r))
 	}
 	for _, op := range []string{"add", "replace", "delete"} {
@@ -67,7 +67,7 @@ func (m *metrics) observe(res result) {
 	for _, p := range res.problems {
 		counts[p.Reason]++
 	}
-	for _, r := range []Reason{ReasonConflict, ReasonNotOnLink, ReasonNoPodCIDR, ReasonNoInternalIP, ReasonLocalNode, ReasonOverlap, ReasonNoDevice} {
+	for _, r := range reasons {
 		m.problems.WithLabelValues(string(r)).Set(float64(counts[r]))
 	}
 	m.conflicts.Set(float64(counts[ReasonConflict]))

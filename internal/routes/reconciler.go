@@ -17,6 +17,7 @@ import (
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
 	"github.com/bridge-agent/bridge-agent/internal/config"
+	"github.com/bridge-agent/bridge-agent/internal/hostguard"
 )
 
 // Options configure a Reconciler.
@@ -27,15 +28,26 @@ type Options struct {
 	// ServiceCIDRs are the configured Service ranges, shown in status when
 	// the cluster publishes none.
 	ServiceCIDRs []netip.Prefix
-	Logger       *slog.Logger
+	// Resolvers returns the host's DNS resolvers for the host guard (nil:
+	// none known).
+	Resolvers func() []netip.Addr
+	Logger    *slog.Logger
 }
 
 // OptionsFromConfig converts a validated configuration.
 func OptionsFromConfig(c *config.Config) (Options, error) {
 	r := c.Routes
 	o := Options{
-		Spec:     Spec{Mode: r.Mode, Table: r.Table, Device: r.Device},
+		Spec: Spec{Mode: r.Mode, Table: r.Table, Device: r.Device,
+			MinPrefixLen4: r.MinPrefixLength.IPv4, MinPrefixLen6: r.MinPrefixLength.IPv6},
 		Protocol: r.Protocol,
+	}
+	for _, s := range r.AllowedCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return o, fmt.Errorf("routes.allowedCIDRs: %w", err)
+		}
+		o.Spec.AllowedCIDRs = append(o.Spec.AllowedCIDRs, p.Masked())
 	}
 	if err := config.CheckRouteProtocol(r.Protocol); err != nil {
 		return o, fmt.Errorf("routes.protocol %d: %w", r.Protocol, err)
@@ -79,13 +91,14 @@ type Reconciler struct {
 	status Status
 }
 
-// New returns the routes consumer for this host's network namespace.
-func New(c *config.Config, log *slog.Logger) (*Reconciler, error) {
+// New returns the routes consumer for this host's network namespace;
+// resolvers lists the host's DNS resolvers for the host guard (nil: none).
+func New(c *config.Config, log *slog.Logger, resolvers func() []netip.Addr) (*Reconciler, error) {
 	o, err := OptionsFromConfig(c)
 	if err != nil {
 		return nil, err
 	}
-	o.Logger = log
+	o.Logger, o.Resolvers = log, resolvers
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("routes: open netlink: %w", err)
@@ -174,7 +187,15 @@ func (r *Reconciler) sync(snap *cluster.Snapshot) (result, error) {
 	if snap != nil {
 		nodes = snap.SortedNodes()
 	}
-	want, problems := Desired(r.o.Spec, nodes, hostFrom(addrs))
+	all, err := listRoutes(r.h)
+	if err != nil {
+		return res, err
+	}
+	var resolvers []netip.Addr
+	if r.o.Resolvers != nil {
+		resolvers = r.o.Resolvers()
+	}
+	want, problems := Desired(r.o.Spec, nodes, *hostguard.FromNetlink(addrs, all, resolvers))
 	links := map[string]int{}
 	if dev := r.o.Spec.Device; dev != "" && len(want) > 0 {
 		l, err := r.h.LinkByName(dev)
@@ -189,10 +210,6 @@ func (r *Reconciler) sync(snap *cluster.Snapshot) (result, error) {
 		default:
 			links[dev] = l.Attrs().Index
 		}
-	}
-	all, err := listRoutes(r.h)
-	if err != nil {
-		return res, err
 	}
 	names := listLinkNames(r.h)
 	var ours []netlink.Route

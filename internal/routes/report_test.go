@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
+	"github.com/bridge-agent/bridge-agent/internal/hostguard"
 )
 
 // TestKernelErrors: a route the kernel refuses fails the sync after every
@@ -193,7 +194,7 @@ func TestHostFrom(t *testing.T) {
 		}
 		return a
 	}
-	h := hostFrom([]netlink.Addr{
+	h := *hostguard.FromNetlink([]netlink.Addr{
 		addr("127.0.0.1/8", unix.RT_SCOPE_HOST, ""),
 		addr("::1/128", unix.RT_SCOPE_HOST, ""),
 		addr("10.9.0.1/24", unix.RT_SCOPE_UNIVERSE, ""),
@@ -201,10 +202,12 @@ func TestHostFrom(t *testing.T) {
 		addr("fe80::1/64", unix.RT_SCOPE_LINK, ""),
 		addr("fd00:9::1/64", unix.RT_SCOPE_UNIVERSE, ""),
 		addr("10.7.0.1/32", unix.RT_SCOPE_UNIVERSE, "10.7.0.2/32"),
-	})
+	}, nil, nil)
 	want := Host{
 		Connected: mustPrefixes("10.7.0.2/32", "10.9.0.0/24", "fd00:9::/64"),
 		Local:     mustAddrs("10.7.0.1", "10.9.0.1", "10.9.0.7", "127.0.0.1", "::1", "fd00:9::1", "fe80::1"),
+		Gateways:  []netip.Addr{},
+		Resolvers: []netip.Addr{},
 	}
 	if diff := cmp.Diff(want, h, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b }), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
