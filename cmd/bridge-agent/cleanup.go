@@ -48,7 +48,7 @@ func cleanupCmd(args []string, stdout, stderr io.Writer) int {
 		failed = true
 		remove = remove[:1]
 	} else {
-		fmt.Fprintln(stdout, "restored the host resolver (resolved drop-in or resolv.conf) where the agent had changed it")
+		fmt.Fprintln(stdout, "restored the host resolver (systemd-resolved link bagent-dns, resolv.conf, an older version's resolved drop-in) where the agent had changed it")
 	}
 	for _, p := range remove {
 		if err := os.RemoveAll(p); err != nil {
