@@ -174,9 +174,13 @@ func startDNS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*dnsCo
 		upstreams = append(upstreams, ap)
 	}
 
+	also, err := hostdns.StubAddrs(hopts)
+	if err != nil {
+		return nil, fmt.Errorf("dns: %w", err)
+	}
 	o := dnsstub.Options{
 		Listen:           listen,
-		AlsoListen:       stubLinkAddrs(hopts.Mode),
+		AlsoListen:       also,
 		ClusterDomain:    cfg.ClusterDomain,
 		TTL:              cfg.DNS.TTL.Duration,
 		Upstreams:        upstreams,
@@ -203,6 +207,11 @@ func startDNS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*dnsCo
 	}
 	res, err := hostdns.Apply(ctx, hopts)
 	if err != nil {
+		// Undo what the failed Apply did get done (the link, a file), so
+		// the host never names a resolver that is not there.
+		if cerr := hostdns.Cleanup(ctx, hopts.HostRoot, hopts.StateDir, nil); cerr != nil {
+			log.Error("dns: undo the host resolver's partial wiring", "err", cerr)
+		}
 		stub.Close()
 		return nil, fmt.Errorf("dns: host resolver: %w", err)
 	}
@@ -226,17 +235,6 @@ func startDNS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*dnsCo
 		host: res, upstreams: upstreams, applied: time.Now(), checkName: "kubernetes.default.svc." + cfg.ClusterDomain,
 	}
 	return c, nil
-}
-
-// stubLinkAddrs are the stub's further addresses: in systemd-resolved
-// mode (or auto, which may pick it) the address on the agent's link, which
-// resolved sends the cluster's names to.
-func stubLinkAddrs(mode hostdns.Mode) []netip.Addr {
-	switch mode {
-	case "", hostdns.ModeAuto, hostdns.ModeResolved:
-		return []netip.Addr{hostdns.LinkAddr}
-	}
-	return nil
 }
 
 // stop undoes the host resolver's wiring, then stops the stub: a host left

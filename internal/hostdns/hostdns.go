@@ -425,3 +425,28 @@ func resolvedUplinks(root string) ([]netip.Addr, error) {
 	}
 	return parseResolvConf(c).Nameservers, nil
 }
+
+// StubAddrs returns the addresses, beyond Options.Stub, that the stub must
+// listen on for the mode Apply will use: LinkAddr in systemd-resolved mode
+// (auto detected as Apply detects it), none otherwise. Call it before
+// starting the stub; a host that switches to systemd-resolved later needs
+// an agent restart for the stub to listen there (Verify reports it).
+func StubAddrs(o Options) ([]netip.Addr, error) {
+	mode := o.Mode
+	if mode == "" || mode == ModeAuto {
+		st := &store{dir: o.StateDir}
+		rec, err := st.load()
+		if err != nil {
+			return nil, fmt.Errorf("host dns: %w", err)
+		}
+		d, err := detectRecorded(o.HostRoot, st, rec)
+		if err != nil {
+			return nil, fmt.Errorf("host dns: %w", err)
+		}
+		mode = d.Mode
+	}
+	if mode == ModeResolved {
+		return []netip.Addr{LinkAddr}, nil
+	}
+	return nil, nil
+}

@@ -293,3 +293,23 @@ func TestResolvedNeedsDomains(t *testing.T) {
 		t.Errorf("link made despite the error:\n%s", fake.Dump())
 	}
 }
+
+func TestStubAddrs(t *testing.T) {
+	h := newHost(t)
+	h.resolved("10.0.0.2")
+	fake := newFakeResolved(h.root)
+	for _, tt := range []struct {
+		mode Mode
+		want int
+	}{{ModeAuto, 1}, {ModeResolved, 1}, {ModeResolvConf, 0}, {ModeNone, 0}} {
+		got, err := StubAddrs(h.options(tt.mode, fake))
+		if err != nil || len(got) != tt.want || (tt.want == 1 && got[0] != LinkAddr) {
+			t.Errorf("%s on a resolved host: %v %v", tt.mode, got, err)
+		}
+	}
+	h2 := newHost(t)
+	h2.file("/etc/resolv.conf", "nameserver 10.0.0.2\n", 0o644)
+	if got, err := StubAddrs(h2.options(ModeAuto, fake)); err != nil || len(got) != 0 {
+		t.Errorf("auto on a resolv.conf host: %v %v", got, err)
+	}
+}
