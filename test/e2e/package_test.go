@@ -677,6 +677,7 @@ func startVM(ctx context.Context, t *testing.T, dir string, resolver guestResolv
 func (c *container) checkResolved(ctx context.Context, t *testing.T, what string) {
 	t.Helper()
 	link := c.run(ctx, t, "resolvectl", "status", "--no-pager", hostdns.LinkName)
+	t.Logf("%s: resolvectl status %s:\n%s", what, hostdns.LinkName, link)
 	for _, want := range []string{"169.254.255.77", "~cluster.local", "~svc", "-DefaultRoute"} {
 		if !strings.Contains(link, want) {
 			t.Errorf("%s: resolvectl status %s lacks %q:\n%s", what, hostdns.LinkName, want, link)
@@ -710,9 +711,11 @@ func (c *container) checkResolved(ctx context.Context, t *testing.T, what string
 		}
 		return nil
 	})
-	if text := c.run(ctx, t, "bridge-agent", "status"); !strings.Contains(text, "resolves through the host's resolver") {
+	text := c.run(ctx, t, "bridge-agent", "status")
+	if !strings.Contains(text, "resolves through the host's resolver") {
 		t.Errorf("%s: bridge-agent status does not show the check:\n%s", what, text)
 	}
+	t.Logf("%s: bridge-agent status:\n%s", what, text)
 }
 
 // resolvedPID is systemd-resolved's main PID in the VM.
@@ -727,13 +730,14 @@ func (c *container) resolvedPID(ctx context.Context, t *testing.T) string {
 
 // resolvedConfig is `resolvectl status` in the VM (global section and
 // every link's), without the lines that change on their own (the server
-// resolved happens to be using).
+// resolved happens to be using) and without the alignment that depends on
+// them.
 func (c *container) resolvedConfig(ctx context.Context, t *testing.T) string {
 	t.Helper()
 	var keep []string
 	for _, l := range strings.Split(c.run(ctx, t, "resolvectl", "status", "--no-pager"), "\n") {
 		if !strings.Contains(l, "Current DNS Server:") {
-			keep = append(keep, l)
+			keep = append(keep, strings.TrimSpace(l))
 		}
 	}
 	return strings.Join(keep, "\n")
