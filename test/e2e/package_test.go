@@ -515,6 +515,37 @@ func TestPackage(t *testing.T) {
 	byName("after upgrade")
 	sameResolved("after upgrade")
 
+	// Someone deletes the agent's link (resolved forgets its settings with
+	// it): the periodic check makes it again and sets them again, without
+	// touching resolved.
+	oldLink := vm.run(ctx, t, "ip", "-o", "link", "show", "dev", hostdns.LinkName)
+	vm.run(ctx, t, "ip", "link", "del", "dev", hostdns.LinkName)
+	start = time.Now()
+	waitFor(t, 90*time.Second, "the deleted link made and wired again", func() error {
+		link, err := vm.exec(ctx, "ip", "-o", "link", "show", "dev", hostdns.LinkName)
+		if err != nil || string(link) == oldLink {
+			return fmt.Errorf("link: %v %s", err, link)
+		}
+		st, err := vm.exec(ctx, "resolvectl", "status", "--no-pager", hostdns.LinkName)
+		if err != nil || !strings.Contains(string(st), "169.254.255.77") || !strings.Contains(string(st), "~cluster.local") {
+			return fmt.Errorf("resolved: %v %s", err, st)
+		}
+		if out, err := vm.exec(ctx, "getent", "ahosts", "web.demo.svc"); err != nil {
+			return fmt.Errorf("getent: %v %s", err, out)
+		}
+		return nil
+	})
+	t.Logf("the deleted link was made and wired again within %s", time.Since(start).Round(time.Second))
+	byName("after the link was deleted")
+	sameResolved("after the link was deleted")
+	// The periodic checks in between found the settings as wanted and set
+	// nothing: one wiring per start (start, restart, stop and start,
+	// upgrade) and one for the deleted link.
+	sets := vm.run(ctx, t, "sh", "-c", "journalctl -u bridge-agent --no-pager | grep -c \"set systemd-resolved's settings of the link\"; true")
+	if got := strings.TrimSpace(sets); got != "5" {
+		t.Errorf("the agent set resolved's link settings %s times, want 5 (4 starts and the deleted link): a periodic check rewrote settings that were as wanted", got)
+	}
+
 	// 6. Purge: nothing of ours stays.
 	start = time.Now()
 	vm.run(ctx, t, "apt-get", "purge", "-y", "bridge-agent")
