@@ -82,6 +82,9 @@ func Verify(ctx context.Context, o VerifyOptions) *Check {
 		host, hostErr = o.getent(ctx, name)
 	}
 	c := judge(name, o.Mode, o.Stub, stub, stubErr, host, hostErr)
+	if errors.Is(hostErr, exec.ErrNotFound) {
+		c = &Check{Name: name, Stub: stub, Skipped: "getent is not installed (the C library's tools), so the host's resolver cannot be asked"}
+	}
 	c.At = time.Now()
 	return c
 }

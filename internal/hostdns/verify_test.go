@@ -3,7 +3,9 @@ package hostdns
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -64,6 +66,12 @@ func TestVerifySkips(t *testing.T) {
 	}
 	if c := Verify(context.Background(), o); !c.OK || c.At.IsZero() {
 		t.Errorf("wired: %+v", c)
+	}
+	o.getent = func(context.Context, string) ([]netip.Addr, error) {
+		return nil, fmt.Errorf("getent ahosts: %w", exec.ErrNotFound)
+	}
+	if c := Verify(context.Background(), o); c.OK || c.Problem != "" || !strings.Contains(c.Skipped, "getent is not installed") {
+		t.Errorf("without getent: %+v", c)
 	}
 }
 
