@@ -9,10 +9,12 @@ set -euo pipefail
 
 suite=${DEBIAN_SUITE:-bookworm}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-recipe=1 # bump when the steps below change
+recipe=2 # bump when the steps below change
 # What the package test needs inside: an init to boot, what the package
-# depends on, and the tools it runs (curl, dig).
-packages=systemd,systemd-sysv,dbus,iptables,nftables,iproute2,curl,dnsutils,ca-certificates,procps
+# depends on, the tools it runs (curl, dig), and systemd-resolved, which
+# the tests turn on (with systemd-networkd managing the uplink, as Ubuntu
+# has it) or mask (a legacy VM with a plain /etc/resolv.conf) per run.
+packages=systemd,systemd-sysv,systemd-resolved,dbus,iptables,nftables,iproute2,curl,dnsutils,ca-certificates,procps
 
 cache_root=${BRIDGE_AGENT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bridge-agent}
 key=$(printf '%s\n' "$recipe" "$suite" "$mirror" "$packages" "$(uname -m)" | sha256sum | cut -c1-16)
@@ -46,12 +48,13 @@ debootstrap --variant=minbase --include="$packages" "$suite" "$tmp" "$mirror" >&
 
 # A root that boots straight to multi-user without questions: no first-boot
 # prompts (each copy gets its own machine id), no getty on a console nobody
-# reads, nothing that would configure the shared network.
+# reads. systemd-networkd and systemd-resolved are installed but left for
+# each test to enable (networkd, with a .network file for the uplink only)
+# or mask; networkd's wait-online is never wanted.
 rm -f "$tmp/etc/machine-id" "$tmp/var/lib/dbus/machine-id"
 : >"$tmp/etc/machine-id"
 for unit in systemd-firstboot.service console-getty.service getty@.service \
-  systemd-networkd.service systemd-networkd.socket systemd-networkd-wait-online.service \
-  systemd-timesyncd.service; do
+  systemd-networkd-wait-online.service systemd-timesyncd.service; do
   ln -sfn /dev/null "$tmp/etc/systemd/system/$unit"
 done
 echo "bridge-agent-test" >"$tmp/etc/hostname"

@@ -80,7 +80,7 @@ func cleanupCmd(args []string, stdout, stderr io.Writer) int {
 				keep[cfg.StateDir+"/"+name] = "needed to restore the host resolver, which failed (see above)"
 			}
 		} else {
-			fmt.Fprintln(stdout, "restored the host resolver (resolved drop-in or resolv.conf) where the agent had changed it")
+			fmt.Fprintln(stdout, "restored the host resolver (systemd-resolved link bagent-dns, resolv.conf, an older version's resolved drop-in) where the agent had changed it")
 		}
 	}
 	rep, err := ownfiles.Cleanup(ownfiles.CleanupOptions{Options: own, Keep: keep})

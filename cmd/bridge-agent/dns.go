@@ -32,6 +32,9 @@ type dnsConsumer struct {
 	upstreams []netip.AddrPort
 	applied   time.Time
 	applyErr  string
+	check     *hostdns.Check // the last check of the wiring
+	checking  bool
+	checkName string // the cluster name checked
 }
 
 // dnsStatus is the "dns" consumer's status details.
@@ -46,7 +49,54 @@ type dnsStatus struct {
 func (c *dnsConsumer) Status() any {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return dnsStatus{Stub: c.Server.Status(), HostResolver: c.host, HostResolverError: c.applyErr}
+	host := c.host
+	if host != nil && c.check != nil {
+		h := *host
+		h.Check = c.check
+		host = &h
+	}
+	return dnsStatus{Stub: c.Server.Status(), HostResolver: host, HostResolverError: c.applyErr}
+}
+
+// verify checks in the background that a cluster name resolves through
+// the host's resolver to what the stub answers, up to tries times a
+// second apart until it does, and logs a warning with the fix when it
+// does not (once per distinct problem).
+func (c *dnsConsumer) verify(ctx context.Context, tries int) {
+	c.mu.Lock()
+	if c.checking || c.host == nil {
+		c.mu.Unlock()
+		return
+	}
+	c.checking = true
+	// Not bound to one sync's context: the check outlives it.
+	ctx = context.WithoutCancel(ctx)
+	o := hostdns.VerifyOptions{HostRoot: c.opts.HostRoot, Mode: c.host.Mode, Stub: c.Server.Addr(), Name: c.checkName}
+	c.mu.Unlock()
+	go func() {
+		var chk *hostdns.Check
+		for i := range tries {
+			if chk = hostdns.Verify(ctx, o); chk.OK || chk.Skipped != "" || i == tries-1 {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.checking = false
+		prev := c.check
+		c.check = chk
+		switch {
+		case chk.Problem != "" && (prev == nil || prev.Problem != chk.Problem):
+			c.log.Warn("dns: the host's resolver does not reach the stub", "problem", chk.Problem)
+		case chk.OK && (prev == nil || !prev.OK):
+			c.log.Info("dns: checked: a cluster name resolves through the host's resolver", "name", chk.Name, "addrs", chk.Host)
+		}
+	}()
 }
 
 // Sync gives the stub the new snapshot and, every so often, checks the host
@@ -59,9 +109,15 @@ func (c *dnsConsumer) Sync(ctx context.Context, snap *cluster.Snapshot) error {
 	}
 	c.mu.Lock()
 	due := time.Since(c.applied) >= c.every
+	first := c.check == nil
 	c.mu.Unlock()
 	if due {
 		c.rewire(ctx)
+		c.verify(ctx, 1)
+	} else if first {
+		// The first check, once the stub has the cluster's names; resolved
+		// may take a moment to use a link it has just been told about.
+		c.verify(ctx, 5)
 	}
 	return nil
 }
@@ -118,8 +174,13 @@ func startDNS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*dnsCo
 		upstreams = append(upstreams, ap)
 	}
 
+	also, err := hostdns.StubAddrs(hopts)
+	if err != nil {
+		return nil, fmt.Errorf("dns: %w", err)
+	}
 	o := dnsstub.Options{
 		Listen:           listen,
+		AlsoListen:       also,
 		ClusterDomain:    cfg.ClusterDomain,
 		TTL:              cfg.DNS.TTL.Duration,
 		Upstreams:        upstreams,
@@ -146,6 +207,11 @@ func startDNS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*dnsCo
 	}
 	res, err := hostdns.Apply(ctx, hopts)
 	if err != nil {
+		// Undo what the failed Apply did get done (the link, a file), so
+		// the host never names a resolver that is not there.
+		if cerr := hostdns.Cleanup(ctx, hopts.HostRoot, hopts.StateDir, nil); cerr != nil {
+			log.Error("dns: undo the host resolver's partial wiring", "err", cerr)
+		}
 		stub.Close()
 		return nil, fmt.Errorf("dns: host resolver: %w", err)
 	}
@@ -164,10 +230,11 @@ func startDNS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*dnsCo
 	}
 	log.Info("dns: stub listening, host resolver wired", "addr", listen, "upstreams", upstreams,
 		"mode", res.Mode, "reason", res.Reason, "files", res.Files)
-	return &dnsConsumer{
+	c := &dnsConsumer{
 		Server: stub, opts: hopts, log: log, every: cfg.Proxy.SyncPeriod.Duration, ownUpstreams: own,
-		host: res, upstreams: upstreams, applied: time.Now(),
-	}, nil
+		host: res, upstreams: upstreams, applied: time.Now(), checkName: "kubernetes.default.svc." + cfg.ClusterDomain,
+	}
+	return c, nil
 }
 
 // stop undoes the host resolver's wiring, then stops the stub: a host left

@@ -219,8 +219,8 @@ type DNS struct {
 	NamespaceDomains []string `json:"namespaceDomains,omitempty"`
 	// HostResolver is how the host's resolver is pointed at the stub: auto
 	// (default: systemd-resolved when it runs, else resolv.conf),
-	// systemd-resolved (a drop-in with routing domains for the cluster's
-	// names only), resolv.conf (a managed /etc/resolv.conf; the original is
+	// systemd-resolved (per-link settings over D-Bus on the agent's link,
+	// routing the cluster's names only), resolv.conf (a managed /etc/resolv.conf; the original is
 	// kept and restored by cleanup) or none.
 	HostResolver string `json:"hostResolver,omitempty"`
 	// Timeout of one query to one upstream (default 2s).

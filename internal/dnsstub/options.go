@@ -26,6 +26,13 @@ type Options struct {
 	// Listen is where the stub serves, over UDP and TCP. It must be a
 	// loopback address or an address of this host; never 0.0.0.0 or ::.
 	Listen netip.AddrPort
+	// AlsoListen are further addresses the stub serves on, on Listen's
+	// port: the address on bridge-agent's own link that systemd-resolved
+	// sends the cluster's names to (see internal/hostdns). They are bound
+	// with IP_FREEBIND, because that link may be created after the stub
+	// starts, or removed and created again while it runs. Never 0.0.0.0
+	// or ::; the same clients as on Listen are served.
+	AlsoListen []netip.Addr
 	// ClusterDomain is the cluster's DNS domain, e.g. "cluster.local".
 	ClusterDomain string
 	// TTL is the TTL of answers from the zone.
@@ -83,6 +90,11 @@ func (o Options) withDefaults() Options {
 	for _, n := range o.NamespaceDomains {
 		ns = append(ns, strings.ToLower(strings.Trim(n, ".")))
 	}
+	also := make([]netip.Addr, len(o.AlsoListen))
+	for i, a := range o.AlsoListen {
+		also[i] = a.Unmap()
+	}
+	o.AlsoListen = also
 	o.NamespaceDomains = ns
 	return o
 }
@@ -104,6 +116,18 @@ func (o Options) Validate() error {
 		bad("listen", "%s is a multicast address", o.Listen)
 	case !a.IsLoopback() && !isLocalAddr(a):
 		bad("listen", "%s is neither a loopback address nor one of this host's addresses", o.Listen)
+	}
+	for i, a := range o.AlsoListen {
+		switch a = a.Unmap(); {
+		case !a.IsValid():
+			bad(fmt.Sprintf("alsoListen[%d]", i), "an address is required")
+		case a.IsUnspecified():
+			bad(fmt.Sprintf("alsoListen[%d]", i), "%s listens on every interface; use a loopback or local address", a)
+		case a.IsMulticast():
+			bad(fmt.Sprintf("alsoListen[%d]", i), "%s is a multicast address", a)
+		case a == o.Listen.Addr().Unmap():
+			bad(fmt.Sprintf("alsoListen[%d]", i), "%s is the listen address already", a)
+		}
 	}
 	domain := strings.Trim(o.ClusterDomain, ".")
 	if domain == "" {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -51,6 +52,7 @@ type Server struct {
 
 	mu        sync.Mutex // guards the servers and the fields below
 	udp, tcp  *dns.Server
+	also      []*dns.Server // the servers on Options.AlsoListen
 	looping   map[netip.AddrPort]bool
 	loopsSeen map[string]bool
 	lastErrs  []ForwardError
@@ -138,7 +140,56 @@ func (s *Server) Start() error {
 		}
 	}
 	s.addr.Store(&bound)
-	s.udp = &dns.Server{
+	srvs, err := s.serve(pc, ln, bound)
+	if err != nil {
+		return fmt.Errorf("start dns stub: %w", err)
+	}
+	s.udp, s.tcp = srvs[0], srvs[1]
+	for _, a := range s.opts.AlsoListen {
+		ap := netip.AddrPortFrom(a.Unmap(), bound.Port())
+		srvs, err := s.serveFreebind(ap)
+		if err != nil {
+			s.closeServers()
+			return fmt.Errorf("start dns stub: %w", err)
+		}
+		s.also = append(s.also, srvs...)
+		s.log.Info("dns stub listening", "addr", ap.String())
+	}
+	s.log.Info("dns stub listening", "addr", bound.String())
+	return nil
+}
+
+// Close stops serving and releases the sockets.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.closeServers(); err != nil {
+		return fmt.Errorf("close dns stub: %w", err)
+	}
+	return nil
+}
+
+// closeServers shuts every server down; s.mu is held.
+func (s *Server) closeServers() error {
+	var errs []error
+	for _, srv := range append([]*dns.Server{s.udp, s.tcp}, s.also...) {
+		if srv == nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := srv.ShutdownContext(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		cancel()
+	}
+	s.udp, s.tcp, s.also = nil, nil, nil
+	return errors.Join(errs...)
+}
+
+// serve serves DNS on pc and ln, and returns the UDP and the TCP server
+// once both run. On failure both sockets are closed.
+func (s *Server) serve(pc net.PacketConn, ln net.Listener, addr netip.AddrPort) ([]*dns.Server, error) {
+	udp := &dns.Server{
 		// Not a *net.UDPConn: the server reads through fastReader
 		// (ReadPacketConn), which answers what it can at once and hands
 		// the rest on.
@@ -150,7 +201,7 @@ func (s *Server) Start() error {
 		ReadTimeout:    ioTimeout,
 		WriteTimeout:   ioTimeout,
 	}
-	s.tcp = &dns.Server{
+	tcp := &dns.Server{
 		Listener:      &limitListener{Listener: ln, sem: make(chan struct{}, maxTCPConns)},
 		Handler:       s,
 		MsgAcceptFunc: acceptMsg,
@@ -159,7 +210,8 @@ func (s *Server) Start() error {
 		IdleTimeout:   func() time.Duration { return tcpIdleTimeout },
 		MaxTCPQueries: maxTCPQueries,
 	}
-	for _, srv := range []*dns.Server{s.udp, s.tcp} {
+	srvs := []*dns.Server{udp, tcp}
+	for i, srv := range srvs {
 		started := make(chan struct{})
 		failed := make(chan error, 1)
 		srv.NotifyStartedFunc = func() { close(started) }
@@ -172,36 +224,52 @@ func (s *Server) Start() error {
 		select {
 		case <-started:
 		case err := <-failed:
+			for _, up := range srvs[:i] {
+				up.Shutdown()
+			}
 			pc.Close()
 			ln.Close()
-			return fmt.Errorf("start dns stub: serve %s: %w", bound, err)
+			return nil, fmt.Errorf("serve %s: %w", addr, err)
 		}
 	}
-	s.log.Info("dns stub listening", "addr", bound.String())
-	return nil
+	return srvs, nil
 }
 
-// Close stops serving and releases the sockets.
-func (s *Server) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var errs []error
-	for _, srv := range []*dns.Server{s.udp, s.tcp} {
-		if srv == nil {
-			continue
+// serveFreebind listens on ap with IP_FREEBIND (IPV6_FREEBIND), so the
+// address need not exist yet: it lives on a link that hostdns creates after
+// the stub starts and may create again while it runs. Packets reach the
+// socket only while the address is one of this host's.
+func (s *Server) serveFreebind(ap netip.AddrPort) ([]*dns.Server, error) {
+	lc := net.ListenConfig{Control: func(network, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			if ap.Addr().Is4() {
+				serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_FREEBIND, 1)
+			} else {
+				serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IPV6, ipv6Freebind, 1)
+			}
+		})
+		if err != nil {
+			return err
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		if err := srv.ShutdownContext(ctx); err != nil {
-			errs = append(errs, err)
-		}
-		cancel()
+		return serr
+	}}
+	ctx := context.Background()
+	pc, err := lc.ListenPacket(ctx, "udp", ap.String())
+	if err != nil {
+		return nil, fmt.Errorf("listen udp %s: %w", ap, err)
 	}
-	s.udp, s.tcp = nil, nil
-	if len(errs) > 0 {
-		return fmt.Errorf("close dns stub: %w", errors.Join(errs...))
+	ln, err := lc.Listen(ctx, "tcp", ap.String())
+	if err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("listen tcp %s: %w", ap, err)
 	}
-	return nil
+	return s.serve(pc, ln, ap)
 }
+
+// ipv6Freebind is IPV6_FREEBIND from linux/in6.h (Linux 4.15), which the
+// syscall package does not name.
+const ipv6Freebind = 78
 
 // Sync swaps in the zone of snap: derived from the current zone, only the
 // Services that changed rendered again, or built in full the first time.
@@ -280,10 +348,17 @@ func remoteAddr(w dns.ResponseWriter) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// allowed tells whether a client may use the stub: loopback, or the
-// stub's own listen address (this host talking to itself).
+// allowed tells whether a client may use the stub: loopback, or one of the
+// stub's own listen addresses (this host talking to itself, such as
+// systemd-resolved querying the address on bridge-agent's link, from a
+// socket bound to that link). The kernel drops packets arriving from
+// outside with one of this host's addresses as their source (a martian),
+// so a remote client cannot pass for one.
 func (s *Server) allowed(src netip.Addr) bool {
-	return src.IsLoopback() || (src.IsValid() && src == s.Addr().Addr().Unmap())
+	if src.IsLoopback() || (src.IsValid() && src == s.Addr().Addr().Unmap()) {
+		return true
+	}
+	return src.IsValid() && slices.Contains(s.opts.AlsoListen, src)
 }
 
 func (s *Server) acquire(src netip.Addr) bool { return s.clients.acquire(src) }

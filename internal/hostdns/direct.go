@@ -91,7 +91,7 @@ func (e *env) backup(cur fileState) error {
 		content = cur.Content
 		o.Perm, o.UID, o.GID = uint32(cur.Perm), cur.UID, cur.GID
 	}
-	if err := os.MkdirAll(e.st.dir, 0o700); err != nil {
+	if err := mkdirAllMode(e.st.dir, 0o700); err != nil {
 		return fmt.Errorf("back up %s: %w", resolvConfPath, err)
 	}
 	if err := writeFileAtomic(e.st.backupPath(), content, 0o600, -1, -1); err != nil {

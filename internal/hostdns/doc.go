@@ -7,13 +7,15 @@
 // Apply makes the host send the cluster's names to the stub in one of two
 // ways, the backends:
 //
-//   - systemd-resolved: a drop-in, /etc/systemd/resolved.conf.d/bridge-agent.conf,
-//     with the stub as a global DNS server and the cluster's domains
-//     (cluster.local, svc, ...) as routing-only domains, then a reload of
-//     resolved. Only names under those domains are routed to the stub; the
-//     host's links keep their servers for everything else. See
-//     resolvedBackend for why a global drop-in and not per-link settings,
-//     and for the caveat that other names may reach the stub too.
+//   - systemd-resolved: per-link settings over D-Bus
+//     (org.freedesktop.resolve1), on a link the agent creates, LinkName
+//     (a veth pair, address LinkAddr, where the stub also listens): the
+//     stub as the link's DNS server, the cluster's domains (cluster.local,
+//     svc, ...) as routing-only domains, never the default route. Only
+//     names under those domains reach the stub; the host's links keep
+//     their servers for everything else. resolved is never restarted or
+//     reloaded for it. See resolvedBackend and link.go for why a link of
+//     our own and that address.
 //   - resolv.conf: /etc/resolv.conf replaced by a file naming the stub as
 //     the only nameserver, keeping the original's search, domain, options
 //     and sortlist lines. The stub then sees every name and forwards what is
@@ -30,10 +32,16 @@
 // the configuration leaves no trace of the old one.
 //
 // Apply is level-triggered and idempotent: it compares the host with what it
-// wants and writes only the difference, and reloads resolved only when the
-// drop-in changed (or an earlier reload failed). Calling it on every sync
-// is how a replaced /etc/resolv.conf gets noticed: when our file is gone,
-// the new one becomes the original and ours is written again.
+// wants and writes only the difference; an Apply with nothing to repair
+// makes no change and no D-Bus set call. Calling it on every sync period
+// is how a replaced /etc/resolv.conf gets noticed (when our file is gone,
+// the new one becomes the original and ours is written again), and how
+// resolved's link settings come back after resolved restarted or someone
+// deleted the link.
+//
+// Verify checks the wiring end to end: a cluster name resolved through the
+// host's own path (getent ahosts: nsswitch.conf and the C library) must
+// give what the stub answers.
 //
 // Upstreams returns the host's original resolvers for the stub to forward
 // to: resolved's uplink servers, or the original resolv.conf's nameservers.
@@ -42,20 +50,27 @@
 // # Ownership
 //
 // Every file written on the host starts with the Marker line and is written
-// atomically (a temporary file renamed over the target). Before changing the
+// atomically (a temporary file renamed over the target), with explicit
+// modes whatever the process's umask (the unit runs with UMask=0077). The
+// link carries our alias (IFLA_IFALIAS); a link of its name without it is
+// never changed or deleted. Before changing the
 // host, Apply records what it is about to change in a small JSON file in the
 // state directory (hostdns.json), with the original /etc/resolv.conf backed
 // up beside it (resolv.conf.orig): its content and mode, or the fact that
 // it was a symlink and to where, or that there was none. Cleanup reads that
-// record and undoes exactly it: it removes a drop-in only when it carries
-// the marker, restores /etc/resolv.conf only while the file there is still
+// record and undoes exactly it: it reverts and deletes the link, removes
+// the global drop-in older versions wrote only when it carries the marker
+// (reloading resolved only where it can reload without a restart),
+// restores /etc/resolv.conf only while the file there is still
 // ours (a file someone wrote over ours is theirs), removes directories it
 // created only when empty, and deletes the record last. Cleanup is safe to
 // run twice, and when nothing was done. Apply followed by Cleanup leaves the
 // host's files as they were.
 //
-// Every path is taken under Options.HostRoot ("/" in production); symlinks
-// in /etc/resolv.conf are followed inside that root. systemd-resolved is
-// reloaded through the Reloader interface; the real one runs systemctl only
-// when the root is "/".
+// Every path is taken under Options.HostRoot ("/" in production), the
+// system bus's socket included; symlinks in /etc/resolv.conf are followed
+// inside that root. The link lives in the calling process's network
+// namespace. systemd-resolved is reloaded (for a legacy drop-in only)
+// through the Reloader interface; the real one runs systemctl only when the
+// root is "/".
 package hostdns

@@ -14,9 +14,10 @@ import (
 
 // Host paths, always joined onto the host root before use.
 const (
-	resolvConfPath     = "/etc/resolv.conf"
-	dropInDir          = "/etc/systemd/resolved.conf.d"
-	dropInPath         = dropInDir + "/bridge-agent.conf"
+	resolvConfPath = "/etc/resolv.conf"
+	// dropInPath is where older versions wrote a global drop-in for
+	// systemd-resolved; now only removed.
+	dropInPath         = "/etc/systemd/resolved.conf.d/bridge-agent.conf"
 	resolvedRunDir     = "/run/systemd/resolve"
 	resolvedUplinkPath = resolvedRunDir + "/resolv.conf"
 )
@@ -197,19 +198,30 @@ func syncDir(dir string) {
 	}
 }
 
-// missingDirs lists the host directories from dir upwards that do not
-// exist, outermost first: the ones a MkdirAll of dir would create.
-func missingDirs(root, dir string) ([]string, error) {
-	var missing []string
-	for d := path.Clean(dir); d != "/"; d = path.Dir(d) {
-		_, err := os.Stat(hostPath(root, d))
-		if err == nil {
+// mkdirAllMode is os.MkdirAll with the directories it creates given
+// exactly perm, whatever the process's umask: under the unit's UMask=0077
+// a plain MkdirAll(0o755) makes drwx------, unreadable to services that do
+// not run as root. Existing directories are left as they are.
+func mkdirAllMode(dir string, perm fs.FileMode) error {
+	var created []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil {
+			break
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		created = append(created, d)
+		if d == filepath.Dir(d) {
 			break
 		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return nil, err
-		}
-		missing = append([]string{d}, missing...)
 	}
-	return missing, nil
+	if err := os.MkdirAll(dir, perm); err != nil {
+		return err
+	}
+	for _, d := range created {
+		if err := os.Chmod(d, perm); err != nil {
+			return err
+		}
+	}
+	return nil
 }

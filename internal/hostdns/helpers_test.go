@@ -5,40 +5,205 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
 
-// fakeResolved stands in for systemd-resolved: a reload makes it take the
-// drop-in under its host root as its active configuration, as the real one
-// reads its files on reload.
+// fakeResolved stands in for the host's systemd-resolved and its links:
+// per-link settings set over "D-Bus" (resolvedAPI), the links the agent
+// creates (linker), and reloads of the configuration files (Reloader). It
+// models state, not calls: a restart of resolved or a deleted link loses
+// the link's settings, as in the real one.
 type fakeResolved struct {
-	root    string
-	reloads int
-	active  string // the drop-in's content at the last reload; "" when absent
-	err     error  // returned by the next reload, then cleared
+	root       string
+	reloads    int
+	reloadable bool   // resolved can reload without a restart (v251+)
+	active     string // the legacy drop-in's content at the last reload or start; "" when absent
+	calls      int    // SetLink* and RevertLink calls
+	connectErr error  // returned by the next connect, then cleared
+	links      map[string]*fakeLink
+	held       map[int]linkSettings // by ifindex: what resolved holds
+	nextIndex  int
 }
 
-var _ Reloader = &fakeResolved{}
+type fakeLink struct {
+	index int
+	alias string
+	addr  netip.Addr
+	up    bool
+}
 
-func newFakeResolved(root string) *fakeResolved { return &fakeResolved{root: root} }
+var (
+	_ Reloader    = &fakeResolved{}
+	_ resolvedAPI = &fakeResolved{}
+	_ linker      = &fakeResolved{}
+)
 
-func (f *fakeResolved) ReloadResolved(context.Context) error {
-	if err := f.err; err != nil {
-		f.err = nil
-		return err
-	}
-	f.reloads++
+func newFakeResolved(root string) *fakeResolved {
+	f := &fakeResolved{root: root, reloadable: true, links: map[string]*fakeLink{}, held: map[int]linkSettings{}, nextIndex: 10}
+	f.active = f.dropIn()
+	return f
+}
+
+func (f *fakeResolved) dropIn() string {
 	data, err := os.ReadFile(filepath.Join(f.root, dropInPath))
 	if err != nil {
-		f.active = ""
-	} else {
-		f.active = string(data)
+		return ""
+	}
+	return string(data)
+}
+
+func (f *fakeResolved) ReloadResolved(context.Context) error {
+	if !f.reloadable {
+		return ErrNoReload
+	}
+	f.reloads++
+	f.active = f.dropIn()
+	return nil
+}
+
+// restart is resolved restarting: files read again, per-link settings of
+// the links it no longer knows lost (the real one keeps them in /run for
+// unmanaged links, but not across a crash or a reboot; the fake forgets).
+func (f *fakeResolved) restart() {
+	f.active = f.dropIn()
+	f.held = map[int]linkSettings{}
+}
+
+func (f *fakeResolved) connect(context.Context, string) (resolvedAPI, error) {
+	if err := f.connectErr; err != nil {
+		f.connectErr = nil
+		return nil, err
+	}
+	return f, nil
+}
+
+func (f *fakeResolved) close() {}
+
+func (f *fakeResolved) linkByIndex(idx int) *fakeLink {
+	for _, l := range f.links {
+		if l.index == idx {
+			return l
+		}
 	}
 	return nil
+}
+
+// defaults are resolved's settings of an unmanaged link nobody set.
+func (f *fakeResolved) defaults() linkSettings {
+	return linkSettings{LLMNR: "yes", MulticastDNS: "no", DNSSEC: "allow-downgrade", DNSOverTLS: "no"}
+}
+
+func (f *fakeResolved) settings(_ context.Context, idx int) (linkSettings, error) {
+	if f.linkByIndex(idx) == nil {
+		return linkSettings{}, errNoLink
+	}
+	s, ok := f.held[idx]
+	if !ok {
+		s = f.defaults()
+	}
+	return s, nil
+}
+
+func (f *fakeResolved) set(_ context.Context, idx int, st step) error {
+	if f.linkByIndex(idx) == nil {
+		return errNoLink
+	}
+	f.calls++
+	s, _ := f.settings(context.Background(), idx)
+	switch st.Kind {
+	case stepDNS:
+		s.Servers = slices.Clone(st.Servers)
+	case stepDomains:
+		s.Domains = slices.Clone(st.Domains)
+	case stepDefaultRoute:
+		b := false
+		s.DefaultRoute = &b
+	case stepLLMNR:
+		s.LLMNR = st.Value
+	case stepMulticastDNS:
+		s.MulticastDNS = st.Value
+	case stepDNSSEC:
+		s.DNSSEC = st.Value
+	case stepDNSOverTLS:
+		s.DNSOverTLS = st.Value
+	}
+	f.held[idx] = s
+	return nil
+}
+
+func (f *fakeResolved) revert(_ context.Context, idx int) error {
+	f.calls++
+	delete(f.held, idx)
+	return nil
+}
+
+func (f *fakeResolved) ensure(spec linkSpec) (int, bool, error) {
+	l, ok := f.links[spec.Name]
+	if ok && l.alias != spec.Alias {
+		return 0, false, errNotOurs{spec.Name, l.alias}
+	}
+	if ok && l.up && l.addr == spec.Addr {
+		return l.index, false, nil
+	}
+	if !ok {
+		f.nextIndex++
+		l = &fakeLink{index: f.nextIndex, alias: spec.Alias}
+		f.links[spec.Name] = l
+	}
+	l.addr, l.up = spec.Addr, true
+	return l.index, true, nil
+}
+
+func (f *fakeResolved) lookup(spec linkSpec) (int, bool, error) {
+	l, ok := f.links[spec.Name]
+	switch {
+	case !ok:
+		return 0, false, nil
+	case l.alias != spec.Alias:
+		return 0, false, errNotOurs{spec.Name, l.alias}
+	}
+	return l.index, true, nil
+}
+
+func (f *fakeResolved) remove(spec linkSpec) (bool, error) {
+	_, ok, err := f.lookup(spec)
+	if err != nil || !ok {
+		return false, err
+	}
+	f.deleteLink(spec.Name)
+	return true, nil
+}
+
+// deleteLink is the link going away, by us or by anyone: resolved forgets
+// its settings.
+func (f *fakeResolved) deleteLink(name string) {
+	if l, ok := f.links[name]; ok {
+		delete(f.held, l.index)
+		delete(f.links, name)
+	}
+}
+
+// Dump is the fake's state as text: links, then each link's settings.
+func (f *fakeResolved) Dump() string {
+	var b strings.Builder
+	names := slices.Sorted(maps.Keys(f.links))
+	for _, n := range names {
+		l := f.links[n]
+		fmt.Fprintf(&b, "link %s index %d addr %s up %v alias %q\n", n, l.index, l.addr, l.up, l.alias)
+		if s, ok := f.held[l.index]; ok {
+			b.WriteString(s.String())
+		}
+	}
+	if f.active != "" {
+		b.WriteString("global drop-in active\n")
+	}
+	return b.String()
 }
 
 // host builds a host root in a temporary directory.
@@ -125,7 +290,16 @@ func (h *host) options(mode Mode, r Reloader) Options {
 		Domains:  []string{"cluster.local", "svc"},
 		Reloader: r,
 		Logger:   slog.New(slog.DiscardHandler),
+	}.withFake(r)
+}
+
+// withFake points the link and D-Bus seams at r when it is the fake.
+func (o Options) withFake(r Reloader) Options {
+	if f, ok := r.(*fakeResolved); ok {
+		o.links, o.connect = f, f.connect
+		o.linkSpec = defaultLinkSpec()
 	}
+	return o
 }
 
 func (h *host) apply(o Options) *Result {
@@ -139,7 +313,7 @@ func (h *host) apply(o Options) *Result {
 
 func (h *host) cleanup(r Reloader) {
 	h.t.Helper()
-	if err := Cleanup(context.Background(), h.root, h.state, r); err != nil {
+	if err := cleanup(context.Background(), Options{HostRoot: h.root, StateDir: h.state, Reloader: r, Logger: slog.New(slog.DiscardHandler)}.withFake(r)); err != nil {
 		h.t.Fatalf("Cleanup: %v", err)
 	}
 }

@@ -18,8 +18,8 @@ type Mode string
 const (
 	// ModeAuto detects the mode from the host (see Detect).
 	ModeAuto Mode = "auto"
-	// ModeResolved adds a systemd-resolved drop-in routing the cluster's
-	// domains to the stub.
+	// ModeResolved sets per-link DNS settings in systemd-resolved, on a
+	// link of the agent's own, routing the cluster's domains to the stub.
 	ModeResolved Mode = "systemd-resolved"
 	// ModeResolvConf replaces /etc/resolv.conf with one naming the stub.
 	ModeResolvConf Mode = "resolv.conf"
@@ -44,12 +44,40 @@ type Options struct {
 	// mode: "cluster.local", "svc" and any per-namespace domains. A leading
 	// "~" and a trailing "." are accepted and dropped.
 	Domains []string
-	// Reloader reloads systemd-resolved after its drop-in changed. Nil
+	// Reloader reloads systemd-resolved after removing the drop-in of an
+	// older version, where resolved can reload without a restart. Nil
 	// means systemctl when HostRoot is "/", and only a logged note
 	// otherwise.
 	Reloader Reloader
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+
+	// Seams for tests: the link (defaultLinkSpec), how it is made
+	// (netlink), and how resolved is reached (the system bus under
+	// HostRoot).
+	linkSpec linkSpec
+	links    linker
+	connect  func(ctx context.Context, root string) (resolvedAPI, error)
+}
+
+// withDefaults fills the seams.
+func (o Options) withDefaults() Options {
+	if o.linkSpec.Name == "" {
+		o.linkSpec = defaultLinkSpec()
+	}
+	if o.links == nil {
+		o.links = netlinkLinker{}
+	}
+	if o.connect == nil {
+		o.connect = connectResolved
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Reloader == nil {
+		o.Reloader = defaultReloader(o.HostRoot, o.Logger)
+	}
+	return o
 }
 
 // Result is what Apply did and found, for `bridge-agent status`.
@@ -60,6 +88,14 @@ type Result struct {
 	Reason string `json:"reason"`
 	// Files are the host paths bridge-agent now manages.
 	Files []string `json:"files,omitempty"`
+	// Link is the link whose systemd-resolved settings bridge-agent
+	// manages, in systemd-resolved mode: name, index and the stub's
+	// address on it.
+	Link string `json:"link,omitempty"`
+	// Check is the last check that a cluster name resolves through the
+	// host's resolver to what the stub answers (see Verify); set by the
+	// caller.
+	Check *Check `json:"check,omitempty"`
 	// Upstreams are the host's original resolvers, for the stub to forward
 	// names outside the cluster to.
 	Upstreams []netip.AddrPort `json:"upstreams"`
@@ -96,10 +132,19 @@ type env struct {
 	domains  []string
 	reloader Reloader
 	log      *slog.Logger
+	linkSpec linkSpec
+	links    linker
+	connect  func(ctx context.Context, root string) (resolvedAPI, error)
 	st       *store
 	rec      *record
 	files    []string
+	link     string
 	notes    []string
+}
+
+func newEnv(o Options, st *store, rec *record) *env {
+	return &env{root: o.HostRoot, stub: o.Stub, domains: o.Domains, reloader: o.Reloader, log: o.Logger,
+		linkSpec: o.linkSpec, links: o.links, connect: o.connect, st: st, rec: rec}
 }
 
 func (e *env) save() error { return e.st.save(e.rec) }
@@ -183,10 +228,7 @@ func Apply(ctx context.Context, o Options) (*Result, error) {
 	if err := o.validate(); err != nil {
 		return nil, fmt.Errorf("apply host dns: %w", err)
 	}
-	log := o.Logger
-	if log == nil {
-		log = slog.Default()
-	}
+	o = o.withDefaults()
 	st := &store{dir: o.StateDir}
 	rec, err := st.load()
 	if err != nil {
@@ -208,11 +250,8 @@ func Apply(ctx context.Context, o Options) (*Result, error) {
 		return nil, fmt.Errorf("apply host dns: systemd-resolved mode needs at least one routing domain")
 	}
 
-	r := o.Reloader
-	if r == nil {
-		r = defaultReloader(o.HostRoot, log)
-	}
-	e := &env{root: o.HostRoot, stub: o.Stub, domains: o.Domains, reloader: r, log: log, st: st, rec: rec, notes: notes}
+	e := newEnv(o, st, rec)
+	e.notes = notes
 
 	var want backend
 	var others []backend
@@ -236,7 +275,7 @@ func Apply(ctx context.Context, o Options) (*Result, error) {
 		}
 	}
 
-	ups, err := upstreams(o.HostRoot, res.Mode, st, rec)
+	ups, err := upstreams(o.HostRoot, res.Mode, st, rec, o.linkSpec.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("apply host dns: %w", err)
 	}
@@ -244,27 +283,31 @@ func Apply(ctx context.Context, o Options) (*Result, error) {
 	if len(ups) == 0 {
 		e.note("no upstream resolvers found on the host: the stub can answer only the cluster's names")
 	}
-	res.Files, res.Upstreams, res.Notes = e.files, ups, e.notes
+	res.Files, res.Link, res.Upstreams, res.Notes = e.files, e.link, ups, e.notes
 	return res, nil
 }
 
-// Cleanup undoes what Apply did, as recorded in stateDir: it removes our
-// systemd-resolved drop-in and reloads resolved, or puts the original
-// /etc/resolv.conf back exactly (a symlink to the same target, or the same
-// content, mode and owner), then deletes the record and the backup. It
-// removes only files carrying our marker, is a no-op when nothing was done,
-// and safe to run twice. A nil Reloader means the default one (see Options).
+// Cleanup undoes what Apply did, as recorded in stateDir: it reverts and
+// deletes the link for systemd-resolved (never restarting resolved), or
+// puts the original /etc/resolv.conf back exactly (a symlink to the same
+// target, or the same content, mode and owner), and removes a drop-in an
+// older version left; then it deletes the record and the backup. It
+// removes only what carries our mark (the link's alias, the files'
+// marker), is a no-op when nothing was done, and safe to run twice. A nil
+// Reloader means the default one (see Options). The link is looked for in
+// the calling process's network namespace, whatever root is.
 func Cleanup(ctx context.Context, root, stateDir string, r Reloader) error {
-	log := slog.Default()
-	st := &store{dir: stateDir}
+	return cleanup(ctx, Options{HostRoot: root, StateDir: stateDir, Reloader: r})
+}
+
+func cleanup(ctx context.Context, o Options) error {
+	o = o.withDefaults()
+	st := &store{dir: o.StateDir}
 	rec, err := st.load()
 	if err != nil {
 		return fmt.Errorf("clean up host dns: %w", err)
 	}
-	if r == nil {
-		r = defaultReloader(root, log)
-	}
-	e := &env{root: root, reloader: r, log: log, st: st, rec: rec}
+	e := newEnv(o, st, rec)
 	var errs []error
 	for _, b := range []backend{resolvedBackend{}, directBackend{}} {
 		if err := b.undo(ctx, e); err != nil {
@@ -305,15 +348,16 @@ func Upstreams(root string, mode Mode, stateDir string) ([]netip.AddrPort, error
 		}
 		mode = d.Mode
 	}
-	ups, err := upstreams(root, mode, st, rec)
+	ups, err := upstreams(root, mode, st, rec, LinkAddr)
 	if err != nil {
 		return nil, fmt.Errorf("host dns upstreams: %w", err)
 	}
 	return ups, nil
 }
 
-func upstreams(root string, mode Mode, st *store, rec *record) ([]netip.AddrPort, error) {
-	ours := dropInServers(root)
+func upstreams(root string, mode Mode, st *store, rec *record, link netip.Addr) ([]netip.AddrPort, error) {
+	// resolved lists our link's server among its uplinks.
+	ours := append(dropInServers(root), link)
 	if rec.Stub.IsValid() {
 		ours = append(ours, rec.Stub.Addr())
 	}
@@ -380,4 +424,29 @@ func resolvedUplinks(root string) ([]netip.Addr, error) {
 		return nil, fmt.Errorf("read %s: %w", resolvedUplinkPath, err)
 	}
 	return parseResolvConf(c).Nameservers, nil
+}
+
+// StubAddrs returns the addresses, beyond Options.Stub, that the stub must
+// listen on for the mode Apply will use: LinkAddr in systemd-resolved mode
+// (auto detected as Apply detects it), none otherwise. Call it before
+// starting the stub; a host that switches to systemd-resolved later needs
+// an agent restart for the stub to listen there (Verify reports it).
+func StubAddrs(o Options) ([]netip.Addr, error) {
+	mode := o.Mode
+	if mode == "" || mode == ModeAuto {
+		st := &store{dir: o.StateDir}
+		rec, err := st.load()
+		if err != nil {
+			return nil, fmt.Errorf("host dns: %w", err)
+		}
+		d, err := detectRecorded(o.HostRoot, st, rec)
+		if err != nil {
+			return nil, fmt.Errorf("host dns: %w", err)
+		}
+		mode = d.Mode
+	}
+	if mode == ModeResolved {
+		return []netip.Addr{LinkAddr}, nil
+	}
+	return nil, nil
 }

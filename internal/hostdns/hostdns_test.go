@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -21,8 +22,7 @@ var layouts = []struct {
 }{
 	{"systemd-resolved", func(h *host) { h.resolved("10.0.0.2", "fd00::2") }, ModeResolved},
 	{"systemd-resolved without /etc/systemd", func(h *host) {
-		// resolved's defaults only: Apply creates the drop-in's
-		// directories, and cleanup removes them.
+		// resolved's defaults only: nothing is written there.
 		h.resolved("10.0.0.2")
 		if err := os.RemoveAll(h.path("/etc/systemd")); err != nil {
 			h.t.Fatal(err)
@@ -91,15 +91,15 @@ func TestApplyCleanupRestoresHost(t *testing.T) {
 			if diff := cmp.Diff(before, h.tree()); diff != "" {
 				t.Errorf("host after cleanup (-before +after):\n%s", diff)
 			}
-			if l.mode == ModeResolved && (fake.active != "" || fake.reloads != 2) {
-				t.Errorf("resolved: %d reloads, active %q; want 2 and none", fake.reloads, fake.active)
+			if fake.reloads != 0 || fake.Dump() != "" {
+				t.Errorf("resolved: %d reloads, left:\n%s", fake.reloads, fake.Dump())
 			}
 			h.cleanup(fake)
 			if diff := cmp.Diff(before, h.tree()); diff != "" {
 				t.Errorf("host after a second cleanup (-before +after):\n%s", diff)
 			}
-			if l.mode == ModeResolved && fake.reloads != 2 {
-				t.Errorf("a second cleanup reloaded resolved")
+			if fake.reloads != 0 || fake.Dump() != "" {
+				t.Errorf("after a second cleanup: %d reloads, left:\n%s", fake.reloads, fake.Dump())
 			}
 		})
 	}
@@ -233,12 +233,12 @@ func TestUpstreams(t *testing.T) {
 // an Apply undoes what an earlier one did in another mode.
 func TestModeTransitions(t *testing.T) {
 	type hostState struct {
-		DropIn        bool // our drop-in exists and resolved runs it
+		Link          bool // our link exists with resolved's settings as wanted
 		ResolvConfOur bool // /etc/resolv.conf is ours
 		Record        bool // a record exists
 	}
 	states := map[Mode]hostState{
-		ModeResolved:   {DropIn: true, Record: true},
+		ModeResolved:   {Link: true, Record: true},
 		ModeResolvConf: {ResolvConfOur: true, Record: true},
 		ModeNone:       {},
 	}
@@ -255,7 +255,7 @@ func TestModeTransitions(t *testing.T) {
 			res := h.apply(h.options(m, fake))
 			st, _ := statFile(h.path(resolvConfPath))
 			got := hostState{
-				DropIn:        h.exists(dropInPath) && fake.active == h.read(dropInPath),
+				Link:          wired(fake),
 				ResolvConfOur: st.managed(),
 				Record:        h.exists("/var/lib/bridge-agent/hostdns.json"),
 			}
@@ -273,8 +273,8 @@ func TestModeTransitions(t *testing.T) {
 		if diff := cmp.Diff(before, h.tree()); diff != "" {
 			t.Errorf("seed %d (%v): host after cleanup (-before +after):\n%s", seed, order, diff)
 		}
-		if fake.active != "" {
-			t.Errorf("seed %d: resolved still runs %q", seed, fake.active)
+		if fake.Dump() != "" || fake.reloads != 0 {
+			t.Errorf("seed %d: %d reloads, left:\n%s", seed, fake.reloads, fake.Dump())
 		}
 	}
 }
@@ -328,29 +328,39 @@ func TestDefaultReloader(t *testing.T) {
 }
 
 func TestResultWriteText(t *testing.T) {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	r := &Result{
 		Mode:      ModeResolved,
 		Reason:    "configured",
-		Files:     []string{dropInPath},
+		Link:      "bagent-dns (index 11, 169.254.255.77:53)",
 		Upstreams: addrPorts("10.0.0.2:53", "[fd00::2]:53"),
+		Check:     &Check{Name: "kubernetes.default.svc.cluster.local", Host: []netip.Addr{netip.MustParseAddr("10.96.0.1")}, OK: true, At: at},
 		Notes:     []string{"something to know"},
 	}
 	var b bytes.Buffer
 	r.WriteText(&b)
 	want := dedent(`
 		  mode systemd-resolved (configured)
-		  managing /etc/systemd/resolved.conf.d/bridge-agent.conf
+		  systemd-resolved link bagent-dns (index 11, 169.254.255.77:53)
 		  upstreams: 10.0.0.2:53, [fd00::2]:53
+		  check: kubernetes.default.svc.cluster.local resolves through the host's resolver to 10.96.0.1, as the stub answers (03:04:05)
 		    ! something to know
 		`)
 	if diff := cmp.Diff(want, b.String()); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
+	b.Reset()
+	r.Check = &Check{Name: "kubernetes.default.svc.cluster.local", Problem: "it does not resolve: check this", At: at}
+	r.Notes = nil
+	r.WriteText(&b)
+	if !strings.Contains(b.String(), "    ! check failed: it does not resolve: check this\n") {
+		t.Errorf("failed check:\n%s", b.String())
+	}
 }
 
 // TestAutoAfterForcedResolvConf: resolv.conf mode forced on a resolved host,
 // then auto. Auto decides over the recorded original, as on the untouched
-// host: it restores the stub symlink and switches to the drop-in.
+// host: it restores the stub symlink and switches to the link.
 func TestAutoAfterForcedResolvConf(t *testing.T) {
 	h := newHost(t)
 	h.resolved("10.0.0.2")
@@ -368,7 +378,7 @@ func TestAutoAfterForcedResolvConf(t *testing.T) {
 	if res.Mode != ModeResolved || !strings.Contains(res.Reason, "stub-resolv.conf") {
 		t.Fatalf("auto after forced resolv.conf: %q (%s)", res.Mode, res.Reason)
 	}
-	if !strings.Contains(h.tree(), "etc/resolv.conf -> ../run/systemd/resolve/stub-resolv.conf\n") || !h.exists(dropInPath) || fake.active == "" {
+	if !strings.Contains(h.tree(), "etc/resolv.conf -> ../run/systemd/resolve/stub-resolv.conf\n") || fake.Dump() != wantLink {
 		t.Errorf("host after switching:\n%s", h.tree())
 	}
 	h.cleanup(fake)

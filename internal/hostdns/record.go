@@ -26,8 +26,11 @@ type record struct {
 	Version int `json:"version"`
 	// Stub is the stub address the host was last pointed at.
 	Stub netip.AddrPort `json:"stub,omitzero"`
-	// DropIn is set while our systemd-resolved drop-in may exist.
+	// DropIn is set while a systemd-resolved drop-in of an older version
+	// may exist.
 	DropIn *dropInRecord `json:"dropIn,omitempty"`
+	// Link is set while the link for systemd-resolved may exist.
+	Link *linkRecord `json:"link,omitempty"`
 	// ResolvConf is set while /etc/resolv.conf may be our file.
 	ResolvConf *resolvConfRecord `json:"resolvConf,omitempty"`
 }
@@ -38,9 +41,14 @@ type dropInRecord struct {
 	// CreatedDirs are host directories created for it, outermost first;
 	// cleanup removes them when they are empty.
 	CreatedDirs []string `json:"createdDirs,omitempty"`
-	// ReloadPending is set from a change of the drop-in until
-	// systemd-resolved has been reloaded successfully.
+	// ReloadPending was set by older versions between writing the drop-in
+	// and reloading resolved; read and ignored.
 	ReloadPending bool `json:"reloadPending,omitempty"`
+}
+
+type linkRecord struct {
+	// Name is the link's name.
+	Name string `json:"name"`
 }
 
 type resolvConfRecord struct {
@@ -68,7 +76,7 @@ type original struct {
 const recordVersion = 1
 
 func (r *record) empty() bool {
-	return r.DropIn == nil && r.ResolvConf == nil
+	return r.DropIn == nil && r.ResolvConf == nil && r.Link == nil
 }
 
 // store reads and writes the record in one state directory.
@@ -119,7 +127,7 @@ func (s *store) save(r *record) error {
 	if bytes.Equal(data, s.last) {
 		return nil
 	}
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+	if err := mkdirAllMode(s.dir, 0o700); err != nil {
 		return fmt.Errorf("write record: %w", err)
 	}
 	if err := writeFileAtomic(s.path(), data, 0o600, -1, -1); err != nil {

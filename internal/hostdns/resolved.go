@@ -1,196 +1,180 @@
 package hostdns
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net/netip"
 	"os"
-	"path/filepath"
-	"slices"
 	"strings"
 )
 
-// resolvedBackend wires systemd-resolved to the stub with one global
-// drop-in, /etc/systemd/resolved.conf.d/bridge-agent.conf:
+// resolvedBackend wires systemd-resolved to the stub per link, over D-Bus,
+// as a VPN does for its own interface (tailscale, Telepresence): on a link
+// of the agent's own, LinkName, with the address LinkAddr (see link.go for
+// why that link and address), it sets through org.freedesktop.resolve1:
 //
-//	[Resolve]
-//	DNS=127.0.0.77
-//	Domains=~cluster.local ~svc
+//	SetLinkDNS           LinkAddr (the stub also listens there; ip:port
+//	                     through SetLinkDNSEx, v246, when not port 53)
+//	SetLinkDomains       ~cluster.local ~svc ~<namespace>...  (routing-only)
+//	SetLinkDefaultRoute  false
+//	SetLinkLLMNR, SetLinkMulticastDNS, SetLinkDNSSEC, SetLinkDNSOverTLS  no
 //
-// DNS= names the stub (as ip:port when the port is not 53, which resolved
-// reads since v246) and Domains= lists the cluster's domains as routing-only
-// domains (the ~ prefix): resolved sends names under them to the stub and
-// does not add them to any search list.
+// resolved then sends names under the cluster's domains, and only those, to
+// the stub; the host's own links keep their servers for everything else,
+// and nothing is added to a search list. A routing domain beats mDNS for
+// .local names: resolved picks the scope whose matching domain has the
+// most labels, and mDNS claims .local with one label's weight, so
+// ~cluster.local (two) wins and cluster.local names are asked of the stub
+// even with MulticastDNS=yes.
 //
-// Why a global drop-in and not per-link settings over D-Bus, as a VPN does
-// for its own interface: resolved keeps DNS settings per link, but it does
-// not manage the loopback link, and the stub, listening on a loopback
-// address, has no link of its own to attach servers and domains to. The
-// global section is the only place where such a server can be named, and a
-// file is also what survives a restart of resolved or of the host without
-// the agent having to be running to re-push it.
+// resolved is never restarted or reloaded for this: per-link settings take
+// effect at once. They live only as long as resolved's process and the
+// link (resolved keeps them across its own restart in
+// /run/systemd/resolve/netif/, but a crash or a deleted link loses them),
+// so every Apply, which the agent runs every sync period, reads them back
+// and sets what differs, and writes nothing when they match (resolved logs
+// every set). Undo reverts the link (RevertLink) and deletes it.
 //
-// Caveat: resolved treats its global servers as a default route, so a name
-// matching none of the routing domains of any link may be sent to the stub
-// as well as to the links' servers (resolved takes the first good answer).
-// The stub forwards such names to the host's upstreams, the servers resolved
-// itself uses, so they still resolve; they only pass through the stub. This
-// is also why the stub's upstreams must never be 127.0.0.53: resolved would
-// send part of them back to the stub.
+// Older bridge-agent versions wired resolved with a global drop-in,
+// /etc/systemd/resolved.conf.d/bridge-agent.conf, and restarted resolved.
+// Apply and undo remove such a drop-in (only with our marker) and ask
+// resolved to reload its configuration only where it supports a reload;
+// otherwise they say what the admin may do (see removeLegacyDropIn).
 type resolvedBackend struct{}
 
-// renderDropIn is the drop-in's content.
-func renderDropIn(stub netip.AddrPort, domains []string) []byte {
-	server := stub.Addr().String()
-	if stub.Port() != 53 {
-		server = stub.String()
-	}
-	routes := make([]string, len(domains))
-	for i, d := range domains {
-		routes[i] = "~" + d
-	}
-	var b strings.Builder
-	b.WriteString(Marker + "\n")
-	b.WriteString("[Resolve]\n")
-	b.WriteString("DNS=" + server + "\n")
-	b.WriteString("Domains=" + strings.Join(routes, " ") + "\n")
-	return []byte(b.String())
-}
-
 func (resolvedBackend) apply(ctx context.Context, e *env) error {
-	p := hostPath(e.root, dropInPath)
-	want := renderDropIn(e.stub, e.domains)
-	cur, err := statFile(p)
-	if err != nil {
-		return fmt.Errorf("read %s: %w", dropInPath, err)
-	}
-	if cur.Exists && !cur.managed() {
-		return fmt.Errorf("%s exists and is not bridge-agent's (no marker line); move it away to let bridge-agent write its drop-in", dropInPath)
-	}
-	if e.rec.DropIn == nil {
-		e.rec.DropIn = &dropInRecord{Path: dropInPath}
-	}
-	if !cur.Exists || !bytes.Equal(cur.Content, want) || cur.Perm != 0o644 {
-		dirs, err := missingDirs(e.root, dropInDir)
-		if err != nil {
-			return fmt.Errorf("create %s: %w", dropInDir, err)
-		}
-		e.rec.DropIn.CreatedDirs = append(e.rec.DropIn.CreatedDirs, dirs...)
-		e.rec.DropIn.ReloadPending = true
-		if err := e.save(); err != nil {
-			return err
-		}
-		if err := os.MkdirAll(hostPath(e.root, dropInDir), 0o755); err != nil {
-			return fmt.Errorf("create %s: %w", dropInDir, err)
-		}
-		if err := writeFileAtomic(p, want, 0o644, -1, -1); err != nil {
-			return fmt.Errorf("write %s: %w", dropInPath, err)
-		}
-		e.log.Info("wrote systemd-resolved drop-in", "path", dropInPath, "stub", e.stub, "domains", e.domains)
-	}
-	if err := e.save(); err != nil {
+	if err := removeLegacyDropIn(ctx, e); err != nil {
 		return err
 	}
-	if e.rec.DropIn.ReloadPending {
-		if err := e.reloader.ReloadResolved(ctx); err != nil {
-			return fmt.Errorf("reload systemd-resolved: %w", err)
-		}
-		e.rec.DropIn.ReloadPending = false
+	spec := e.linkSpec
+	if e.rec.Link == nil {
+		e.rec.Link = &linkRecord{Name: spec.Name}
 		if err := e.save(); err != nil {
 			return err
 		}
 	}
-	e.files = append(e.files, dropInPath)
-	if _, err := os.Stat(hostPath(e.root, resolvedRunDir)); err != nil {
-		e.note("systemd-resolved does not appear to be running (no " + resolvedRunDir + "): the drop-in takes effect when it starts")
+	idx, changed, err := e.links.ensure(spec)
+	if err != nil {
+		return fmt.Errorf("set up link %s for systemd-resolved: %w", spec.Name, err)
 	}
-	if others := otherGlobalServers(e.root); len(others) > 0 {
-		e.note("systemd-resolved has other global DNS servers (" + strings.Join(others, "; ") + "); resolved uses one global server at a time, so names under the cluster's domains may go to those servers instead of the stub")
+	if changed {
+		e.log.Info("set up the link for systemd-resolved", "link", spec.Name, "index", idx, "addr", spec.Addr)
+	}
+	api, err := e.connect(ctx, e.root)
+	if err != nil {
+		return fmt.Errorf("systemd-resolved: %w; is dbus running? (or set dns.hostResolver to resolv.conf or none)", err)
+	}
+	defer api.close()
+	cur, err := waitSettings(ctx, api, idx)
+	if err != nil {
+		return fmt.Errorf("systemd-resolved: read the settings of link %s: %w", spec.Name, err)
+	}
+	want := wantSettings(netip.AddrPortFrom(spec.Addr, e.stub.Port()), e.domains)
+	steps := planSettings(cur, want)
+	var done []string
+	for _, s := range steps {
+		if err := api.set(ctx, idx, s); err != nil {
+			if errors.Is(err, errUnsupported) && s.Kind != stepDNS && s.Kind != stepDomains {
+				e.note(fmt.Sprintf("systemd-resolved has no SetLink%s (an older version): %s left as it is", s.Kind, strings.ToLower(string(s.Kind))))
+				continue
+			}
+			return fmt.Errorf("systemd-resolved: %w", err)
+		}
+		done = append(done, s.String())
+	}
+	if len(done) > 0 {
+		e.log.Info("set systemd-resolved's settings of the link", "link", spec.Name, "index", idx, "calls", done)
+	}
+	e.link = fmt.Sprintf("%s (index %d, %s)", spec.Name, idx, netip.AddrPortFrom(spec.Addr, e.stub.Port()))
+	return nil
+}
+
+// undo reverts the link's settings in resolved, deletes the link, and
+// removes a drop-in an older version left. A link of our name without our
+// alias is left alone, with a note.
+func (resolvedBackend) undo(ctx context.Context, e *env) error {
+	if err := removeLegacyDropIn(ctx, e); err != nil {
+		return err
+	}
+	spec := e.linkSpec
+	idx, ok, err := e.links.lookup(spec)
+	var notOurs errNotOurs
+	switch {
+	case errors.As(err, &notOurs):
+		e.note(notOurs.Error() + "; left in place")
+	case err != nil:
+		return err
+	case ok:
+		// Best effort: deleting the link drops its settings in resolved
+		// anyway; RevertLink only makes it immediate and explicit.
+		if api, err := e.connect(ctx, e.root); err == nil {
+			if err := api.revert(ctx, idx); err != nil {
+				e.log.Warn("host dns: revert the link in systemd-resolved", "link", spec.Name, "err", err)
+			}
+			api.close()
+		}
+		if _, err := e.links.remove(spec); err != nil {
+			return fmt.Errorf("remove link %s: %w", spec.Name, err)
+		}
+		e.log.Info("removed the link for systemd-resolved", "link", spec.Name)
+	}
+	if e.rec.Link != nil {
+		e.rec.Link = nil
+		return e.save()
 	}
 	return nil
 }
 
-// undo removes our drop-in, the directories made for it when empty, and
-// reloads resolved. A drop-in carrying our marker is removed even without a
-// record of it; a file without the marker is never removed.
-func (resolvedBackend) undo(ctx context.Context, e *env) error {
+// removeLegacyDropIn removes the global drop-in an older version wrote
+// (only if it carries our marker), and the directories made for it when
+// empty. It never restarts resolved: it reloads it where resolved supports
+// a reload (systemctl's CanReload), and otherwise notes that resolved
+// keeps the old global server in memory until it restarts on its own, and
+// what the admin can do about it.
+func removeLegacyDropIn(ctx context.Context, e *env) error {
 	p := hostPath(e.root, dropInPath)
 	cur, err := statFile(p)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", dropInPath, err)
 	}
-	if e.rec.DropIn == nil {
-		if !cur.managed() {
-			return nil
-		}
-		e.rec.DropIn = &dropInRecord{Path: dropInPath}
+	if !cur.managed() && e.rec.DropIn == nil {
+		// None, or someone else's file of that name: not ours to touch.
+		return nil
 	}
-	rec := e.rec.DropIn
 	if cur.managed() {
-		rec.ReloadPending = true
-		if err := e.save(); err != nil {
-			return err
-		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("remove %s: %w", dropInPath, err)
 		}
-		e.log.Info("removed systemd-resolved drop-in", "path", dropInPath)
-	} else if cur.Exists {
-		e.note(dropInPath + " was replaced by a file that is not bridge-agent's; left in place")
+		e.log.Info("removed the systemd-resolved drop-in of an older bridge-agent", "path", dropInPath)
 	}
-	for i := len(rec.CreatedDirs) - 1; i >= 0; i-- {
-		// Only when empty: someone else may have put a drop-in there since.
-		os.Remove(hostPath(e.root, rec.CreatedDirs[i]))
-	}
-	if rec.ReloadPending {
-		if err := e.reloader.ReloadResolved(ctx); err != nil {
-			return fmt.Errorf("reload systemd-resolved: %w", err)
+	if e.rec.DropIn != nil {
+		for i := len(e.rec.DropIn.CreatedDirs) - 1; i >= 0; i-- {
+			// Only when empty: someone else may have put a drop-in there since.
+			os.Remove(hostPath(e.root, e.rec.DropIn.CreatedDirs[i]))
+		}
+		e.rec.DropIn = nil
+		if err := e.save(); err != nil {
+			return err
 		}
 	}
-	e.rec.DropIn = nil
-	return e.save()
+	if !cur.managed() {
+		return nil
+	}
+	switch err := e.reloader.ReloadResolved(ctx); {
+	case err == nil:
+	case errors.Is(err, ErrNoReload):
+		e.note("removed " + dropInPath + ", written by an older bridge-agent; this systemd-resolved cannot reload its configuration without a restart, which bridge-agent never does, so it keeps that file's global DNS server until it next restarts. Harmless while the agent runs; to drop it now run `systemctl restart systemd-resolved` (this flushes resolved's cache)")
+	default:
+		e.note("removed " + dropInPath + ", written by an older bridge-agent, but reloading systemd-resolved failed (" + err.Error() + "); it keeps that file's global DNS server until it reloads or restarts")
+	}
+	return nil
 }
 
-// otherGlobalServers lists the non-empty DNS= settings of resolved's own
-// configuration files other than our drop-in, as "servers (file)". Good
-// enough to warn; it does not model every reset an empty DNS= makes.
-func otherGlobalServers(root string) []string {
-	files := []string{"/etc/systemd/resolved.conf"}
-	for _, dir := range []string{"/etc/systemd/resolved.conf.d", "/run/systemd/resolved.conf.d", "/usr/local/lib/systemd/resolved.conf.d", "/usr/lib/systemd/resolved.conf.d"} {
-		matches, _ := filepath.Glob(filepath.Join(hostPath(root, dir), "*.conf"))
-		for _, m := range matches {
-			files = append(files, filepath.Join(dir, filepath.Base(m)))
-		}
-	}
-	var out []string
-	for _, f := range files {
-		if f == dropInPath {
-			continue
-		}
-		data, err := os.ReadFile(hostPath(root, f))
-		if err != nil {
-			continue
-		}
-		section := ""
-		for line := range strings.Lines(string(data)) {
-			line = strings.TrimSpace(line)
-			if strings.HasPrefix(line, "[") {
-				section = line
-				continue
-			}
-			k, v, ok := strings.Cut(line, "=")
-			if ok && section == "[Resolve]" && strings.TrimSpace(k) == "DNS" && strings.TrimSpace(v) != "" {
-				out = append(out, strings.TrimSpace(v)+" in "+f)
-			}
-		}
-	}
-	return slices.Compact(out)
-}
-
-// dropInServers returns the addresses our drop-in names, if it is ours.
+// dropInServers returns the addresses a drop-in of an older version names,
+// if it is still there and ours: resolved lists them among its servers
+// until it reloads or restarts, and they are the stub, never an upstream.
 func dropInServers(root string) []netip.Addr {
 	data, err := os.ReadFile(hostPath(root, dropInPath))
 	if err != nil || !hasMarker(data) {

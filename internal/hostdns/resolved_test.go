@@ -3,150 +3,284 @@ package hostdns
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"net/netip"
+	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 )
 
-func TestResolvedDropIn(t *testing.T) {
+// wantLink is the fake's dump once the agent's link is wired with the
+// usual options (stub port 53, cluster.local and svc).
+var wantLink = dedent(`
+	link bagent-dns index 11 addr 169.254.255.77 up true alias "bridge-agent: cluster DNS for systemd-resolved"
+	dns: 169.254.255.77:53
+	domains: cluster.local svc
+	default-route: false
+	llmnr: no mdns: no dnssec: no dot: no
+	`)
+
+// wired reports whether the fake holds the agent's link wired as wantLink,
+// whatever its index (a link made again gets a new one).
+func wired(f *fakeResolved) bool {
+	return regexp.MustCompile(`index \d+`).ReplaceAllString(f.Dump(), "index 11") == wantLink
+}
+
+func TestResolvedLink(t *testing.T) {
 	h := newHost(t)
-	h.resolved("10.0.0.2", "10.0.0.3")
+	// resolved lists every link's servers in its resolv.conf, ours too.
+	h.resolved("10.0.0.2", "169.254.255.77", "10.0.0.3")
+	before := h.tree()
 	fake := newFakeResolved(h.root)
 	o := h.options(ModeAuto, fake)
 	o.Domains = []string{"cluster.local", "svc", "~Default.svc.cluster.local.", "svc"}
 	res := h.apply(o)
 
-	want := dedent(`
-		# Managed by bridge-agent; removed by ` + "`bridge-agent cleanup`" + `.
-		[Resolve]
-		DNS=127.0.0.77
-		Domains=~cluster.local ~svc ~default.svc.cluster.local
-		`)
-	if diff := cmp.Diff(want, h.read(dropInPath)); diff != "" {
-		t.Errorf("drop-in (-want +got):\n%s", diff)
-	}
-	if fake.active != want || fake.reloads != 1 {
-		t.Errorf("resolved reloaded %d times with %q, want once with the drop-in", fake.reloads, fake.active)
+	want := strings.Replace(wantLink, "domains: cluster.local svc\n", "domains: cluster.local svc default.svc.cluster.local\n", 1)
+	if diff := cmp.Diff(want, fake.Dump()); diff != "" {
+		t.Errorf("resolved and links (-want +got):\n%s", diff)
 	}
 	wantRes := &Result{
 		Mode:      ModeResolved,
 		Reason:    "/etc/resolv.conf is a symlink to /run/systemd/resolve/stub-resolv.conf and systemd-resolved is running",
-		Files:     []string{dropInPath},
+		Link:      "bagent-dns (index 11, 169.254.255.77:53)",
 		Upstreams: addrPorts("10.0.0.2:53", "10.0.0.3:53"),
 	}
 	if diff := cmp.Diff(wantRes, res, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
 		t.Errorf("result (-want +got):\n%s", diff)
 	}
-	// /etc/resolv.conf is not touched in this mode.
-	if got := h.tree(); !strings.Contains(got, "etc/resolv.conf -> ../run/systemd/resolve/stub-resolv.conf\n") {
-		t.Errorf("/etc/resolv.conf changed:\n%s", got)
+	// No file on the host changes in this mode; only the record is new.
+	if diff := cmp.Diff(before, dropRecord(h.tree())); diff != "" {
+		t.Errorf("host files changed (-before +after):\n%s", diff)
+	}
+	if fake.reloads != 0 {
+		t.Errorf("resolved reloaded %d times", fake.reloads)
+	}
+	h.cleanup(fake)
+	if got := fake.Dump(); got != "" {
+		t.Errorf("after cleanup:\n%s", got)
+	}
+	if diff := cmp.Diff(before, h.tree()); diff != "" {
+		t.Errorf("host after cleanup (-before +after):\n%s", diff)
 	}
 }
 
-func TestRenderDropIn(t *testing.T) {
+// dropRecord removes the state directory's record from a tree listing.
+func dropRecord(tree string) string {
+	var out []string
+	for _, l := range strings.SplitAfter(tree, "\n") {
+		if !strings.HasPrefix(l, "var/lib/bridge-agent/hostdns.json ") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "")
+}
+
+func TestPlanSettings(t *testing.T) {
+	stub := netip.MustParseAddrPort("169.254.255.77:53")
+	want := wantSettings(stub, []string{"cluster.local", "svc"})
+	tr := true
 	tests := []struct {
-		stub string
-		want string
+		name string
+		cur  linkSettings
+		want []string
 	}{
-		{"127.0.0.77:53", "DNS=127.0.0.77\n"},
-		{"127.0.0.77:5353", "DNS=127.0.0.77:5353\n"},
-		{"[::1]:53", "DNS=::1\n"},
-		{"[fd00::77]:5353", "DNS=[fd00::77]:5353\n"},
+		{"fresh link", linkSettings{LLMNR: "yes", MulticastDNS: "no", DNSSEC: "allow-downgrade", DNSOverTLS: "no"}, []string{
+			"SetLinkDNS [169.254.255.77:53]", "SetLinkDomains ~cluster.local ~svc", "SetLinkDefaultRoute false",
+			"SetLinkLLMNR no", "SetLinkDNSSEC no",
+		}},
+		{"as wanted", want, nil},
+		{"servers cleared by someone", func() linkSettings { s := want; s.Servers = nil; return s }(), []string{"SetLinkDNS [169.254.255.77:53]"}},
+		{"a domain more", func() linkSettings { s := want; s.Domains = []string{"cluster.local", "svc", "corp"}; return s }(), []string{"SetLinkDomains ~cluster.local ~svc"}},
+		{"search domain instead of routing", func() linkSettings { s := want; s.Domains = []string{"+cluster.local", "svc"}; return s }(), []string{"SetLinkDomains ~cluster.local ~svc"}},
+		{"default route on", func() linkSettings { s := want; s.DefaultRoute = &tr; return s }(), []string{"SetLinkDefaultRoute false"}},
+		{"resolved without DefaultRoute", func() linkSettings { s := want; s.DefaultRoute = nil; return s }(), []string{"SetLinkDefaultRoute false"}},
+		{"mDNS turned on", func() linkSettings { s := want; s.MulticastDNS = "yes"; return s }(), []string{"SetLinkMulticastDNS no"}},
+		{"DoT opportunistic", func() linkSettings { s := want; s.DNSOverTLS = "opportunistic"; return s }(), []string{"SetLinkDNSOverTLS no"}},
 	}
 	for _, tt := range tests {
-		got := string(renderDropIn(netip.MustParseAddrPort(tt.stub), []string{"cluster.local"}))
-		want := Marker + "\n[Resolve]\n" + tt.want + "Domains=~cluster.local\n"
-		if got != want {
-			t.Errorf("stub %s: got\n%s\nwant\n%s", tt.stub, got, want)
+		var got []string
+		for _, s := range planSettings(tt.cur, want) {
+			got = append(got, s.String())
 		}
+		if diff := cmp.Diff(tt.want, got); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", tt.name, diff)
+		}
+	}
+	port := wantSettings(netip.MustParseAddrPort("169.254.255.77:5353"), []string{"cluster.local"})
+	if got := planSettings(port, port); len(got) != 0 {
+		t.Errorf("same settings with a port: %v", got)
 	}
 }
 
-// TestResolvedReloads checks that resolved is reloaded exactly when the
-// drop-in changes, and again after a failed reload.
-func TestResolvedReloads(t *testing.T) {
-	h := newHost(t)
-	h.resolved("10.0.0.2")
-	fake := newFakeResolved(h.root)
-	o := h.options(ModeResolved, fake)
-
-	// want is "current" (resolved runs the drop-in on disk), "stale"
-	// (resolved runs an older drop-in) or "none".
-	step := func(name string, do func(), wantReloads int, want string) {
-		t.Helper()
-		do()
-		if fake.reloads != wantReloads {
-			t.Errorf("%s: %d reloads, want %d", name, fake.reloads, wantReloads)
-		}
-		got := "none"
-		if fake.active != "" {
-			got = "stale"
-			if h.exists(dropInPath) && fake.active == h.read(dropInPath) {
-				got = "current"
+// TestResolvedStates replays, in random orders, what happens to a host
+// while the agent runs (resolved restarting, the link deleted, another
+// program rewriting the link's settings, the configuration's domains
+// changing), with an Apply after each, as the periodic check does. After
+// every Apply the link and its settings are as wanted; an Apply with
+// nothing to repair makes no call; resolved is never reloaded (and the
+// backend has no way to restart it); cleanup leaves nothing.
+func TestResolvedStates(t *testing.T) {
+	type event struct {
+		name string
+		do   func(f *fakeResolved, o *Options)
+		// calls is whether the Apply after it must set anything.
+		calls bool
+	}
+	events := []event{
+		{"nothing", func(*fakeResolved, *Options) {}, false},
+		{"resolved restarts", func(f *fakeResolved, _ *Options) { f.restart() }, true},
+		{"link deleted", func(f *fakeResolved, _ *Options) { f.deleteLink(LinkName) }, true},
+		{"servers cleared", func(f *fakeResolved, _ *Options) {
+			s := f.held[f.links[LinkName].index]
+			s.Servers = nil
+			f.held[f.links[LinkName].index] = s
+		}, true},
+		{"mDNS turned on", func(f *fakeResolved, _ *Options) {
+			s := f.held[f.links[LinkName].index]
+			s.MulticastDNS = "yes"
+			f.held[f.links[LinkName].index] = s
+		}, true},
+		{"namespace domain added", func(_ *fakeResolved, o *Options) {
+			o.Domains = append(o.Domains[:2:2], "shop")
+		}, true},
+		{"namespace domain removed", func(_ *fakeResolved, o *Options) {
+			o.Domains = o.Domains[:2:2]
+		}, true},
+	}
+	for seed := range uint64(10) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		h := newHost(t)
+		h.resolved("10.0.0.2")
+		before := h.tree()
+		fake := newFakeResolved(h.root)
+		o := h.options(ModeResolved, fake)
+		h.apply(o)
+		for i := range 12 {
+			ev := events[rng.IntN(len(events))]
+			prev := append([]string(nil), o.Domains...)
+			ev.do(fake, &o)
+			calls := fake.calls
+			h.apply(o)
+			idx := fake.links[LinkName].index
+			want := wantSettings(netip.AddrPortFrom(LinkAddr, 53), o.Domains)
+			if diff := cmp.Diff(want.String(), fake.held[idx].String()); diff != "" {
+				t.Errorf("seed %d, step %d (%s): settings (-want +got):\n%s", seed, i, ev.name, diff)
+			}
+			made := fake.calls > calls
+			if ev.name == "namespace domain added" || ev.name == "namespace domain removed" {
+				ev.calls = strings.Join(prev, " ") != strings.Join(o.Domains, " ")
+			}
+			if made != ev.calls {
+				t.Errorf("seed %d, step %d (%s): made calls %v, want %v", seed, i, ev.name, made, ev.calls)
+			}
+			if fake.reloads != 0 {
+				t.Errorf("seed %d, step %d: resolved reloaded", seed, i)
 			}
 		}
-		if got != want {
-			t.Errorf("%s: resolved's configuration is %s (%q), want %s", name, got, fake.active, want)
+		h.cleanup(fake)
+		if got := fake.Dump(); got != "" {
+			t.Errorf("seed %d: after cleanup:\n%s", seed, got)
+		}
+		if diff := cmp.Diff(before, h.tree()); diff != "" {
+			t.Errorf("seed %d: host after cleanup (-before +after):\n%s", seed, diff)
 		}
 	}
-	step("first apply", func() { h.apply(o) }, 1, "current")
-	step("same apply", func() { h.apply(o) }, 1, "current")
-	step("same apply again", func() { h.apply(o) }, 1, "current")
-	o.Domains = append(o.Domains, "default.svc.cluster.local")
-	step("new domain", func() { h.apply(o) }, 2, "current")
-	o.Stub = netip.MustParseAddrPort("127.0.0.78:53")
-	fake.err = errors.New("resolved is busy")
-	step("failed reload", func() {
-		if _, err := Apply(context.Background(), o); err == nil || !strings.Contains(err.Error(), "resolved is busy") {
-			t.Errorf("Apply with a failing reload: err %v", err)
-		}
-	}, 2, "stale")
-	step("retry after a failed reload", func() { h.apply(o) }, 3, "current")
-	if !strings.Contains(fake.active, "DNS=127.0.0.78\n") {
-		t.Errorf("resolved's configuration after the retry: %q", fake.active)
-	}
-	step("unchanged after the retry", func() { h.apply(o) }, 3, "current")
-	fake.err = errors.New("resolved is busy")
-	step("failed reload on cleanup", func() {
-		if err := Cleanup(context.Background(), h.root, h.state, fake); err == nil {
-			t.Error("Cleanup with a failing reload: no error")
-		}
-	}, 3, "stale")
-	step("cleanup retries the reload", func() { h.cleanup(fake) }, 4, "none")
-	step("cleanup again", func() { h.cleanup(fake) }, 4, "none")
 }
 
-func TestResolvedForeignDropIn(t *testing.T) {
+// TestResolvedLegacyDropIn: a drop-in an older version left is removed
+// (with its record), resolved reloaded where it can reload, and otherwise
+// left running with a note that says what the admin can do; someone
+// else's file at that path is never touched.
+func TestResolvedLegacyDropIn(t *testing.T) {
+	legacy := Marker + "\n[Resolve]\nDNS=127.0.0.77\nDomains=~cluster.local ~svc\n"
+	for _, reloadable := range []bool{true, false} {
+		h := newHost(t)
+		h.resolved("10.0.0.2", "127.0.0.77")
+		before := h.tree()
+		h.dir("/etc/systemd/resolved.conf.d")
+		h.file(dropInPath, legacy, 0o644)
+		h.file("/var/lib/bridge-agent/hostdns.json", `{"version":1,"stub":"127.0.0.77:53","dropIn":{"path":"`+dropInPath+`","createdDirs":["/etc/systemd/resolved.conf.d"]}}`, 0o600)
+		fake := newFakeResolved(h.root)
+		fake.reloadable = reloadable
+		res := h.apply(h.options(ModeAuto, fake))
+		if h.exists(dropInPath) || h.exists("/etc/systemd/resolved.conf.d") {
+			t.Errorf("reloadable %v: the legacy drop-in or its directory is still there:\n%s", reloadable, h.tree())
+		}
+		if diff := cmp.Diff(wantLink, fake.Dump()); reloadable && diff != "" {
+			t.Errorf("reloadable: resolved (-want +got):\n%s", diff)
+		}
+		noted := len(res.Notes) == 1 && strings.Contains(res.Notes[0], "systemctl restart systemd-resolved")
+		if reloadable != (fake.reloads == 1) || noted == reloadable {
+			t.Errorf("reloadable %v: %d reloads, notes %q", reloadable, fake.reloads, res.Notes)
+		}
+		if !slicesEqual(res.Upstreams, addrPorts("10.0.0.2:53")) {
+			t.Errorf("reloadable %v: upstreams %v include the old global stub", reloadable, res.Upstreams)
+		}
+		h.cleanup(fake)
+		if diff := cmp.Diff(before, h.tree()); diff != "" {
+			t.Errorf("reloadable %v: host after cleanup (-before +after):\n%s", reloadable, diff)
+		}
+	}
+
 	h := newHost(t)
 	h.resolved("10.0.0.2")
 	foreign := "[Resolve]\nDNS=9.9.9.9\n"
 	h.file(dropInPath, foreign, 0o644)
 	fake := newFakeResolved(h.root)
-	if _, err := Apply(context.Background(), h.options(ModeResolved, fake)); err == nil {
-		t.Fatal("Apply over someone else's file at the drop-in's path: no error")
-	}
+	h.apply(h.options(ModeResolved, fake))
 	h.cleanup(fake)
 	if got := h.read(dropInPath); got != foreign || fake.reloads != 0 {
 		t.Errorf("someone else's drop-in changed to %q, %d reloads", got, fake.reloads)
 	}
 }
 
-func TestResolvedNotes(t *testing.T) {
+// TestResolvedForeignLink: a link with our name that is not ours (no
+// alias) is neither used, changed nor deleted.
+func TestResolvedForeignLink(t *testing.T) {
 	h := newHost(t)
 	h.resolved("10.0.0.2")
-	h.file("/etc/systemd/resolved.conf", "[Resolve]\nDNS=1.1.1.1 9.9.9.9\n", 0o644)
-	res := h.apply(h.options(ModeResolved, newFakeResolved(h.root)))
-	if len(res.Notes) != 1 || !strings.Contains(res.Notes[0], "1.1.1.1 9.9.9.9 in /etc/systemd/resolved.conf") {
-		t.Errorf("notes %q, want one about the other global servers", res.Notes)
+	fake := newFakeResolved(h.root)
+	fake.links[LinkName] = &fakeLink{index: 3, alias: "someone's"}
+	_, err := Apply(context.Background(), h.options(ModeResolved, fake))
+	var notOurs errNotOurs
+	if !errors.As(err, &notOurs) || !strings.Contains(err.Error(), "rename or remove it") {
+		t.Errorf("Apply over someone else's link: %v", err)
+	}
+	h.cleanup(fake)
+	if l := fake.links[LinkName]; l == nil || l.alias != "someone's" || fake.calls != 0 {
+		t.Errorf("someone else's link changed: %+v, %d calls", l, fake.calls)
+	}
+}
+
+// TestResolvedBusDown: without D-Bus the Apply fails and says what to do;
+// the link made already is recorded, and cleanup removes it.
+func TestResolvedBusDown(t *testing.T) {
+	h := newHost(t)
+	h.resolved("10.0.0.2")
+	before := h.tree()
+	fake := newFakeResolved(h.root)
+	fake.connectErr = errors.New("connection refused")
+	_, err := Apply(context.Background(), h.options(ModeResolved, fake))
+	if err == nil || !strings.Contains(err.Error(), "is dbus running") {
+		t.Errorf("Apply without the bus: %v", err)
+	}
+	h.cleanup(fake)
+	if got := fake.Dump(); got != "" {
+		t.Errorf("after cleanup:\n%s", got)
+	}
+	if diff := cmp.Diff(before, h.tree()); diff != "" {
+		t.Errorf("host after cleanup (-before +after):\n%s", diff)
 	}
 }
 
 func TestResolvedNeedsDomains(t *testing.T) {
 	h := newHost(t)
 	h.resolved("10.0.0.2")
-	o := h.options(ModeResolved, newFakeResolved(h.root))
+	fake := newFakeResolved(h.root)
+	o := h.options(ModeResolved, fake)
 	o.Domains = nil
 	if _, err := Apply(context.Background(), o); err == nil {
 		t.Error("Apply without routing domains: no error")
@@ -155,7 +289,27 @@ func TestResolvedNeedsDomains(t *testing.T) {
 	if _, err := Apply(context.Background(), o); err == nil {
 		t.Error("Apply with the root domain: no error")
 	}
-	if h.exists(dropInPath) {
-		t.Error("drop-in written despite the error")
+	if fake.Dump() != "" {
+		t.Errorf("link made despite the error:\n%s", fake.Dump())
+	}
+}
+
+func TestStubAddrs(t *testing.T) {
+	h := newHost(t)
+	h.resolved("10.0.0.2")
+	fake := newFakeResolved(h.root)
+	for _, tt := range []struct {
+		mode Mode
+		want int
+	}{{ModeAuto, 1}, {ModeResolved, 1}, {ModeResolvConf, 0}, {ModeNone, 0}} {
+		got, err := StubAddrs(h.options(tt.mode, fake))
+		if err != nil || len(got) != tt.want || (tt.want == 1 && got[0] != LinkAddr) {
+			t.Errorf("%s on a resolved host: %v %v", tt.mode, got, err)
+		}
+	}
+	h2 := newHost(t)
+	h2.file("/etc/resolv.conf", "nameserver 10.0.0.2\n", 0o644)
+	if got, err := StubAddrs(h2.options(ModeAuto, fake)); err != nil || len(got) != 0 {
+		t.Errorf("auto on a resolv.conf host: %v %v", got, err)
 	}
 }

@@ -20,12 +20,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
 
 	"github.com/bridge-agent/bridge-agent/internal/config"
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
+	"github.com/bridge-agent/bridge-agent/internal/hostdns"
 	"github.com/bridge-agent/bridge-agent/internal/testbed"
 	"github.com/bridge-agent/bridge-agent/packaging"
 	"github.com/bridge-agent/bridge-agent/systemd"
@@ -371,7 +373,11 @@ func (w *ruleWatch) finish() (samples int, gaps []string) {
 // on a VM": install (not started without credentials), join with
 // `bridge-agent kubeconfig`, start, reach a Service by name, restart,
 // upgrade (rules and the edited conffile kept), purge (nothing of ours
-// left).
+// left). The VM runs systemd-resolved with a networkd-managed uplink and
+// mDNS on, as Ubuntu does: names resolve through resolved (getent, curl,
+// also under the .local cluster domain), resolved is never restarted (same
+// PID throughout), and after the purge its configuration is as before.
+// TestPackageBareBinary covers a legacy VM with a plain resolv.conf.
 func TestPackage(t *testing.T) {
 	requireTestbed(t)
 	testStart := time.Now()
@@ -383,7 +389,16 @@ func TestPackage(t *testing.T) {
 	newPkgs := buildPackages(ctx, t, filepath.Join(dir, "dist-new"), pkgNewVersion, "deb")
 	deb, newDeb := pick(t, pkgs, ".deb"), pick(t, newPkgs, ".deb")
 
-	vm, pod := startVM(ctx, t, dir, deb, newDeb)
+	vm, pod := startVM(ctx, t, dir, resolvedNetworkd, deb, newDeb)
+	resolvedBefore := vm.resolvedConfig(ctx, t)
+	resolvedPID := vm.resolvedPID(ctx, t)
+	sameResolved := func(what string) {
+		t.Helper()
+		if got := vm.resolvedPID(ctx, t); got != resolvedPID {
+			t.Errorf("%s: systemd-resolved's PID is %s, was %s: it was restarted", what, got, resolvedPID)
+		}
+	}
+	t.Logf("systemd-resolved (PID %s) before install:\n%s", resolvedPID, resolvedBefore)
 
 	// 1. Install. No credentials yet: enabled, not started, says what next.
 	start := time.Now()
@@ -435,6 +450,8 @@ func TestPackage(t *testing.T) {
 	// 3. From inside the VM, by name, through the host's resolver.
 	byName := func(what string) { t.Helper(); vm.waitByName(ctx, t, what, pod.Name) }
 	byName("after start")
+	sameResolved("after start")
+	vm.checkResolved(ctx, t, "after start")
 	t.Logf("resolv.conf in the VM while the agent runs:\n%s", vm.run(ctx, t, "cat", "/etc/resolv.conf"))
 
 	// 4. Restart, and a stop: the rules stay while the agent is down.
@@ -445,12 +462,24 @@ func TestPackage(t *testing.T) {
 	}
 	ready("after restart")
 	byName("after restart")
+	sameResolved("after restart")
 	vm.run(ctx, t, "systemctl", "stop", "bridge-agent")
+	sameResolved("after stop")
+	// A stop takes the agent's names away from the host: link gone, and
+	// resolved's configuration as it was before the agent came.
+	if out, err := vm.exec(ctx, "ip", "link", "show", "dev", hostdns.LinkName); err == nil {
+		t.Errorf("after stop: the link is still there:\n%s", out)
+	}
+	if diff := cmp.Diff(resolvedBefore, vm.resolvedConfig(ctx, t)); diff != "" {
+		t.Errorf("after stop: resolvectl status (-before +after):\n%s", diff)
+	}
 	if rules, err := agentRules(ctx); err != nil || !hasServiceRules(rules) {
 		t.Errorf("after stop the rules are gone (%v):\n%s", err, rules)
 	}
 	vm.run(ctx, t, "systemctl", "start", "bridge-agent")
 	ready("after stop and start")
+	byName("after stop and start")
+	sameResolved("after stop and start")
 
 	// One agent per host under systemd: a second agent and a cleanup beside
 	// the unit's agent are refused, naming its PID; it keeps serving. The
@@ -503,6 +532,38 @@ func TestPackage(t *testing.T) {
 		t.Errorf("upgrade left %s", out)
 	}
 	byName("after upgrade")
+	sameResolved("after upgrade")
+
+	// Someone deletes the agent's link (resolved forgets its settings with
+	// it): the periodic check makes it again and sets them again, without
+	// touching resolved.
+	oldLink := vm.run(ctx, t, "ip", "-o", "link", "show", "dev", hostdns.LinkName)
+	vm.run(ctx, t, "ip", "link", "del", "dev", hostdns.LinkName)
+	start = time.Now()
+	waitFor(t, 90*time.Second, "the deleted link made and wired again", func() error {
+		link, err := vm.exec(ctx, "ip", "-o", "link", "show", "dev", hostdns.LinkName)
+		if err != nil || string(link) == oldLink {
+			return fmt.Errorf("link: %v %s", err, link)
+		}
+		st, err := vm.exec(ctx, "resolvectl", "status", "--no-pager", hostdns.LinkName)
+		if err != nil || !strings.Contains(string(st), "169.254.255.77") || !strings.Contains(string(st), "~cluster.local") {
+			return fmt.Errorf("resolved: %v %s", err, st)
+		}
+		if out, err := vm.exec(ctx, "getent", "ahosts", "web.demo.svc"); err != nil {
+			return fmt.Errorf("getent: %v %s", err, out)
+		}
+		return nil
+	})
+	t.Logf("the deleted link was made and wired again within %s", time.Since(start).Round(time.Second))
+	byName("after the link was deleted")
+	sameResolved("after the link was deleted")
+	// The periodic checks in between found the settings as wanted and set
+	// nothing: one wiring per start (start, restart, stop and start,
+	// upgrade) and one for the deleted link.
+	sets := vm.run(ctx, t, "sh", "-c", "journalctl -u bridge-agent --no-pager | grep -c \"set systemd-resolved's settings of the link\"; true")
+	if got := strings.TrimSpace(sets); got != "5" {
+		t.Errorf("the agent set resolved's link settings %s times, want 5 (4 starts and the deleted link): a periodic check rewrote settings that were as wanted", got)
+	}
 
 	// 6. Purge: nothing of ours stays.
 	start = time.Now()
@@ -514,8 +575,15 @@ func TestPackage(t *testing.T) {
 	if routes, err := agentRoutes(ctx); err != nil || routes != "" {
 		t.Errorf("after purge: routes of ours (%v):\n%s", err, routes)
 	}
-	if got := vm.run(ctx, t, "cat", "/etc/resolv.conf"); got != testbed.HostResolvConf {
-		t.Errorf("after purge: /etc/resolv.conf is\n%s\nwant the VM's original\n%s", got, testbed.HostResolvConf)
+	if got := strings.TrimSpace(vm.run(ctx, t, "readlink", "/etc/resolv.conf")); got != "../run/systemd/resolve/stub-resolv.conf" {
+		t.Errorf("after purge: /etc/resolv.conf links to %q, want resolved's stub-resolv.conf as before", got)
+	}
+	sameResolved("after purge")
+	if diff := cmp.Diff(resolvedBefore, vm.resolvedConfig(ctx, t)); diff != "" {
+		t.Errorf("after purge: resolvectl status (-before +after):\n%s", diff)
+	}
+	if out, err := vm.exec(ctx, "ip", "link", "show", "dev", hostdns.LinkName); err == nil {
+		t.Errorf("after purge: the link is still there:\n%s", out)
 	}
 	if out, _ := vm.exec(ctx, "sh", "-c", "find / -xdev \\( -path /proc -o -path /sys -o -path /root \\) -prune -o -name '*bridge-agent*' -print; "+
 		"ls -d /run/bridge-agent /run/bridge-agent.pkg-upgrade /etc/bridge-agent /var/lib/bridge-agent 2>/dev/null; true"); strings.TrimSpace(string(out)) != "" {
@@ -531,12 +599,50 @@ func TestPackage(t *testing.T) {
 	t.Logf("TestPackage took %s", time.Since(testStart).Round(time.Millisecond))
 }
 
+// guestResolver is how the VM resolves names before the agent comes.
+type guestResolver int
+
+const (
+	// legacyResolvConf: a plain /etc/resolv.conf naming the LAN's server;
+	// systemd-resolved and systemd-networkd masked.
+	legacyResolvConf guestResolver = iota
+	// resolvedNetworkd: systemd-resolved, with the uplink managed by
+	// systemd-networkd (its DNS server and search domain from the .network
+	// file, handed to resolved per link), /etc/resolv.conf the symlink to
+	// resolved's stub, as Ubuntu has it; and mDNS on (resolved.conf and the
+	// link), so that names under cluster.local are routed to the stub only
+	// if routing domains beat mDNS's claim on .local.
+	resolvedNetworkd
+)
+
+// networkdUplink is the .network file for the VM's uplink in the
+// resolvedNetworkd VM. It describes what the testbed configured (the VM
+// shares the testbed's VM namespace) and keeps it: KeepConfiguration=yes
+// and, in networkd.conf, no management of foreign routes, so networkd
+// removes neither the testbed's routes nor the agent's.
+const networkdUplink = `[Match]
+Name=eth0
+
+[Link]
+RequiredForOnline=no
+
+[Network]
+Address=10.250.0.10/24
+DNS=10.250.0.53
+Domains=example.test
+MulticastDNS=yes
+LLMNR=no
+IPv6AcceptRA=no
+KeepConfiguration=yes
+`
+
 // startVM prepares a pristine copy of the Debian root with what an admin
 // copies to a VM (files, the ServiceAccount token and the cluster CA, in
-// /root), creates Service demo/web with a ready pod and a route for the
-// Service ranges (the VM has no default route), and boots it. Cleanups
-// power it off and remove, from outside, anything an agent left.
-func startVM(ctx context.Context, t *testing.T, dir string, files ...string) (*container, testbed.Pod) {
+// /root) and the given resolver setup, creates Service demo/web with a
+// ready pod and a route for the Service ranges (the VM has no default
+// route), and boots it. Cleanups power it off and remove, from outside,
+// anything an agent left.
+func startVM(ctx context.Context, t *testing.T, dir string, resolver guestResolver, files ...string) (*container, testbed.Pod) {
 	t.Helper()
 	root := filepath.Join(dir, "vm")
 	copyRoot(ctx, t, debianRoot(ctx, t), root)
@@ -545,8 +651,39 @@ func startVM(ctx context.Context, t *testing.T, dir string, files ...string) (*c
 	// package's removal should have done already.
 	t.Cleanup(func() { hostSideCleanup(t, dir, root) })
 
-	// The VM's own resolver configuration, as a legacy VM has it.
-	writeFile(t, filepath.Join(root, "etc", "resolv.conf"), []byte(testbed.HostResolvConf), 0o644)
+	units := filepath.Join(root, "etc", "systemd", "system")
+	link := func(target, name string) {
+		t.Helper()
+		p := filepath.Join(units, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.Remove(p)
+		if err := os.Symlink(target, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	switch resolver {
+	case legacyResolvConf:
+		// The VM's own resolver configuration, as a legacy VM has it.
+		writeFile(t, filepath.Join(root, "etc", "resolv.conf"), []byte(testbed.HostResolvConf), 0o644)
+		for _, u := range []string{"systemd-resolved.service", "systemd-networkd.service", "systemd-networkd.socket"} {
+			link("/dev/null", u)
+		}
+	case resolvedNetworkd:
+		writeFile(t, filepath.Join(root, "etc", "systemd", "network", "10-uplink.network"), []byte(networkdUplink), 0o644)
+		writeFile(t, filepath.Join(root, "etc", "systemd", "networkd.conf.d", "keep-foreign.conf"),
+			[]byte("[Network]\nManageForeignRoutes=no\nManageForeignRoutingPolicyRules=no\n"), 0o644)
+		writeFile(t, filepath.Join(root, "etc", "systemd", "resolved.conf.d", "mdns.conf"), []byte("[Resolve]\nMulticastDNS=yes\nLLMNR=no\n"), 0o644)
+		link("/lib/systemd/system/systemd-networkd.service", "multi-user.target.wants/systemd-networkd.service")
+		link("/lib/systemd/system/systemd-networkd.socket", "sockets.target.wants/systemd-networkd.socket")
+		link("/lib/systemd/system/systemd-resolved.service", "multi-user.target.wants/systemd-resolved.service")
+		link("/lib/systemd/system/systemd-resolved.service", "dbus-org.freedesktop.resolve1.service")
+		os.Remove(filepath.Join(root, "etc", "resolv.conf"))
+		if err := os.Symlink("../run/systemd/resolve/stub-resolv.conf", filepath.Join(root, "etc", "resolv.conf")); err != nil {
+			t.Fatal(err)
+		}
+	}
 	incoming := filepath.Join(root, "root")
 	for _, p := range files {
 		copyFile(t, p, filepath.Join(incoming, filepath.Base(p)), 0o755)
@@ -564,11 +701,121 @@ func startVM(ctx context.Context, t *testing.T, dir string, files ...string) (*c
 	t.Cleanup(func() {
 		if t.Failed() && !vm.exited() {
 			out, _ := vm.exec(context.Background(), "sh", "-c", "journalctl -u bridge-agent --no-pager -n 80; bridge-agent status; "+
-				"cat /etc/resolv.conf; getent ahosts web.demo.svc; ip route; iptables-save | grep -c BRIDGE; nft list ruleset | head -40")
+				"cat /etc/resolv.conf; getent ahosts web.demo.svc; ip route; iptables-save | grep -c BRIDGE; nft list ruleset | head -40; "+
+				"resolvectl status --no-pager; journalctl -u systemd-resolved -u systemd-networkd --no-pager -n 40")
 			t.Logf("in the VM at the failure:\n%s", out)
 		}
 	})
+	if resolver == resolvedNetworkd {
+		// networkd has handed the uplink's server to resolved.
+		waitFor(t, 60*time.Second, "systemd-resolved knows the uplink's DNS server", func() error {
+			out, err := vm.exec(ctx, "resolvectl", "status", "--no-pager", "eth0")
+			if err != nil || !strings.Contains(string(out), "10.250.0.53") || !strings.Contains(string(out), "mDNS/IPv4") {
+				return fmt.Errorf("%v:\n%s", err, out)
+			}
+			return nil
+		})
+	}
 	return vm, pod
+}
+
+// checkResolved checks the wiring through systemd-resolved: the agent's
+// link with the stub and routing-only domains, names resolving through the
+// C library (getent, as every program on the host) under svc and under the
+// .local cluster domain while mDNS is on, and the agent's own check in its
+// status.
+func (c *container) checkResolved(ctx context.Context, t *testing.T, what string) {
+	t.Helper()
+	link := c.run(ctx, t, "resolvectl", "status", "--no-pager", hostdns.LinkName)
+	t.Logf("%s: resolvectl status %s:\n%s", what, hostdns.LinkName, link)
+	for _, want := range []string{"169.254.255.77", "~cluster.local", "~svc", "-DefaultRoute"} {
+		if !strings.Contains(link, want) {
+			t.Errorf("%s: resolvectl status %s lacks %q:\n%s", what, hostdns.LinkName, want, link)
+		}
+	}
+	if out := c.run(ctx, t, "resolvectl", "status", "--no-pager", "eth0"); !strings.Contains(out, "mDNS/IPv4") {
+		t.Errorf("%s: mDNS is not on for the uplink, so .local routing is not proven:\n%s", what, out)
+	}
+	svcIP := ""
+	for _, name := range []string{"web.demo.svc", "web.demo.svc.cluster.local"} {
+		out, err := c.exec(ctx, "getent", "ahosts", name)
+		f := strings.Fields(string(out))
+		if err != nil || len(f) == 0 {
+			t.Errorf("%s: getent ahosts %s: %v\n%s", what, name, err, out)
+			continue
+		}
+		if svcIP == "" {
+			svcIP = f[0]
+		} else if f[0] != svcIP {
+			t.Errorf("%s: getent ahosts %s: %s, but web.demo.svc is %s", what, name, f[0], svcIP)
+		}
+		t.Logf("%s: getent ahosts %s: %s", what, name, f[0])
+	}
+	if out := c.run(ctx, t, "resolvectl", "query", "web.demo.svc.cluster.local"); !strings.Contains(out, "link: "+hostdns.LinkName) {
+		t.Errorf("%s: resolvectl query of a .local cluster name did not go through the agent's link:\n%s", what, out)
+	}
+	waitFor(t, 30*time.Second, what+": the agent's check of the host resolver", func() error {
+		hr := c.hostResolver(ctx, t)
+		if hr.Mode != hostdns.ModeResolved || hr.Check == nil || !hr.Check.OK {
+			return fmt.Errorf("host resolver %+v, check %+v", hr, hr.Check)
+		}
+		return nil
+	})
+	text := c.run(ctx, t, "bridge-agent", "status")
+	if !strings.Contains(text, "resolves through the host's resolver") {
+		t.Errorf("%s: bridge-agent status does not show the check:\n%s", what, text)
+	}
+	t.Logf("%s: bridge-agent status:\n%s", what, text)
+}
+
+// resolvedPID is systemd-resolved's main PID in the VM.
+func (c *container) resolvedPID(ctx context.Context, t *testing.T) string {
+	t.Helper()
+	pid := strings.TrimSpace(c.run(ctx, t, "systemctl", "show", "-P", "MainPID", "systemd-resolved"))
+	if pid == "" || pid == "0" {
+		t.Fatalf("systemd-resolved is not running in the VM")
+	}
+	return pid
+}
+
+// resolvedConfig is `resolvectl status` in the VM (global section and
+// every link's), without the lines that change on their own (the server
+// resolved happens to be using) and without the alignment that depends on
+// them.
+func (c *container) resolvedConfig(ctx context.Context, t *testing.T) string {
+	t.Helper()
+	var keep []string
+	for _, l := range strings.Split(c.run(ctx, t, "resolvectl", "status", "--no-pager"), "\n") {
+		if !strings.Contains(l, "Current DNS Server:") {
+			keep = append(keep, strings.TrimSpace(l))
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+// resolvedStatus reads the agent's host resolver part of `bridge-agent
+// status -o json`.
+func (c *container) hostResolver(ctx context.Context, t *testing.T) *hostdns.Result {
+	t.Helper()
+	out := c.run(ctx, t, "bridge-agent", "status", "-o", "json")
+	var s daemon.Status
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatalf("bridge-agent status -o json: %v\n%s", err, out)
+	}
+	for _, cs := range s.Consumers {
+		if cs.Name != "dns" {
+			continue
+		}
+		var d struct {
+			HostResolver *hostdns.Result `json:"hostResolver"`
+		}
+		if err := json.Unmarshal(cs.Details, &d); err != nil || d.HostResolver == nil {
+			t.Fatalf("dns status: %v\n%s", err, cs.Details)
+		}
+		return d.HostResolver
+	}
+	t.Fatalf("no dns consumer in the status:\n%s", out)
+	return nil
 }
 
 // waitReady waits until `bridge-agent status` in the VM says ready, and
@@ -814,7 +1061,7 @@ func TestPackageBareBinary(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	vm, pod := startVM(ctx, t, dir, agentBin)
+	vm, pod := startVM(ctx, t, dir, legacyResolvConf, agentBin)
 	vm.run(ctx, t, "install", "-m", "0755", "/root/bridge-agent", "/usr/local/bin/bridge-agent")
 
 	out := vm.run(ctx, t, "bridge-agent", "install")
