@@ -82,9 +82,11 @@ func newKernelNFTables(t *testing.T, o NFTablesOptions) (p *NFTables, ns string,
 	t.Helper()
 	ns = nftNetns(t)
 	x = netnsNFT(ns)
-	if ok, reason := nftSupported(context.Background(), x); !ok {
+	ok, reason := nftSupported(context.Background(), x)
+	if !ok {
 		t.Fatalf("nftables not supported: %s", reason)
 	}
+	t.Logf("probe passed: %s", reason)
 	rec = &recordingRunner{nftRunner: x}
 	p = newNFTables(o, rec, nil)
 	clock = new(time.Time)
