@@ -116,15 +116,16 @@ func nftFamily(f Family) (family, addrType string) {
 // RenderNFTables renders the snapshot as the desired content of one family's
 // table. It reads no kernel state; equal inputs give equal rulesets.
 //
-// Services and endpoints are only elements of a few maps, so the number of
-// chains does not grow with the number of Services: numgen's modulus must be
-// a constant of its rule, so there is one small chain per protocol and
+// Services and endpoints are only elements of maps, so the number of chains
+// does not grow with the number of Services: numgen's modulus must be a
+// constant of its rule, so there is one small chain per protocol and
 // distinct endpoint count (pick-N-PROTO) and, for sessionAffinity: ClientIP,
 // per protocol and distinct number of positions, endpoint count and timeout
 // (affinity-C-N-T-PROTO) and per protocol, timeout and position
-// (affinity-tT-I-PROTO). All of them are shared by every Service port with
-// those numbers. The maps these chains read are per protocol too (see
-// nftModel.fixed), so that every rule tests only its own protocol.
+// (affinity-tT-I-PROTO), plus per protocol and index the chains, maps and
+// sets of one endpoint index (endpoint-R-PROTO, endpoints-R-PROTO, ...).
+// All of them are shared by every Service port with those numbers. See
+// doc.go for the layout and why it is so (Linux 5.10, nft 0.9.8).
 //
 // A fresh render numbers the endpoints of a Service port with session
 // affinity in order; the backend keeps their positions across syncs (see
