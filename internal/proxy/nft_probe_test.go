@@ -88,3 +88,21 @@ exit 1
 		}
 	}
 }
+
+// TestChooseBackendKernel runs proxy.mode auto's choice in a fresh
+// namespace (no rules of anyone): on every supported kernel it must pick
+// nftables. The reason is logged, for the record of each kernel.
+func TestChooseBackendKernel(t *testing.T) {
+	ns := nftNetns(t)
+	var backend, reason string
+	if err := inNetnsThread(ns, func() error {
+		backend, reason = ChooseBackend(context.Background())
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("auto picks %s: %s", backend, reason)
+	if backend != BackendNFTables {
+		t.Errorf("auto picked %s: %s", backend, reason)
+	}
+}
