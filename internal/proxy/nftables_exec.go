@@ -16,12 +16,13 @@ import (
 // nftRunner runs nft scripts. Only this is used by the nftables backend; unit
 // tests replace it with a stateful fake.
 type nftRunner interface {
-	// Run feeds script to "nft -f -": one atomic transaction, all or nothing.
+	// Run feeds script to "nft -f" on stdin: one atomic transaction, all
+	// or nothing.
 	Run(ctx context.Context, script []byte) error
 }
 
 // execNFT is the real nftRunner: it runs the nft command. argv is the command
-// line up to, not including, "-f -" (normally just the path of nft).
+// line up to, not including, "-f FILE" (normally just the path of nft).
 type execNFT struct {
 	argv []string
 	// peakRSS is the peak resident memory, in bytes, of the last nft run.
@@ -47,15 +48,20 @@ func newExecNFT() (*execNFT, error) {
 	return &execNFT{argv: []string{path}}, nil
 }
 
+// nftStdin is the file name under which nft reads its script from stdin.
+// nft 0.9.8 opens "-" as /dev/stdin, a symlink that a minimal /dev (an
+// initramfs, some containers) lacks; /proc/self/fd/0 is what it points to.
+const nftStdin = "/proc/self/fd/0"
+
 func (x *execNFT) Run(ctx context.Context, script []byte) error {
-	_, err := x.run(ctx, script, "-f", "-")
+	_, err := x.run(ctx, script, "-f", nftStdin)
 	return err
 }
 
 // check validates script without committing it (nft --check): the kernel
 // evaluates the whole transaction, then it is aborted.
 func (x *execNFT) check(ctx context.Context, script []byte) error {
-	_, err := x.run(ctx, script, "--check", "-f", "-")
+	_, err := x.run(ctx, script, "--check", "-f", nftStdin)
 	return err
 }
 
