@@ -137,10 +137,14 @@ type proxyBackend interface {
 // until then they keep the Services working.
 func newProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (proxyBackend, error) {
 	mode := cfg.Proxy.Mode
+	var reason string
 	if mode == "auto" {
-		var reason string
 		mode, reason = proxy.ChooseBackend(ctx)
-		log.Info("proxy: mode auto", "backend", mode, "reason", reason)
+		if mode == proxy.BackendNFTables {
+			log.Info("proxy: mode auto", "backend", mode, "reason", reason)
+		} else {
+			log.Warn("proxy: mode auto falls back from nftables", "backend", mode, "reason", reason)
+		}
 	}
 	switch mode {
 	case proxy.BackendNFTables:
@@ -154,7 +158,7 @@ func newProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (proxyB
 			return nil, err
 		}
 		log.Info("proxy: nftables")
-		return &cleaningProxy{proxyBackend: p, other: "iptables", cleanup: proxy.CleanupIPTables, log: log}, nil
+		return &cleaningProxy{proxyBackend: p, other: "iptables", cleanup: proxy.CleanupIPTables, log: log, modeReason: reason}, nil
 	default:
 		variant := proxy.Variant(cfg.Proxy.IPTablesVariant)
 		if variant == "auto" {
@@ -171,7 +175,7 @@ func newProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (proxyB
 			return nil, err
 		}
 		log.Info("proxy: iptables", "variant", p.Variant())
-		return &cleaningProxy{proxyBackend: p, other: "nftables", cleanup: proxy.CleanupNFTables, log: log}, nil
+		return &cleaningProxy{proxyBackend: p, other: "nftables", cleanup: proxy.CleanupNFTables, log: log, modeReason: reason}, nil
 	}
 }
 
@@ -183,6 +187,18 @@ type cleaningProxy struct {
 	cleanup func(context.Context) error
 	cleaned bool
 	log     *slog.Logger
+	// modeReason is why proxy.mode auto chose this backend.
+	modeReason string
+}
+
+// Status adds to the backend's status why proxy.mode auto chose it.
+func (c *cleaningProxy) Status() any {
+	st := c.proxyBackend.Status()
+	if ps, ok := st.(proxy.ProxyStatus); ok && c.modeReason != "" {
+		ps.ModeReason = c.modeReason
+		return ps
+	}
+	return st
 }
 
 // Sync syncs the backend, then, once, removes the other backend's rules.

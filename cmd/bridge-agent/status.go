@@ -235,6 +235,9 @@ func printProxy(w io.Writer, st *daemon.Status) {
 		} else {
 			fmt.Fprintf(w, "\nProxy: %s\n", ps.Mode)
 		}
+		if ps.ModeReason != "" {
+			fmt.Fprintf(w, "  chosen by proxy.mode auto: %s\n", ps.ModeReason)
+		}
 		fams := slices.Sorted(maps.Keys(ps.Families))
 		for _, f := range fams {
 			fs := ps.Families[f]

@@ -2,11 +2,17 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bridge-agent/bridge-agent/internal/cluster"
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
+	"github.com/bridge-agent/bridge-agent/internal/proxy"
 )
 
 func TestPrintStatusShowsRoutes(t *testing.T) {
@@ -32,3 +38,37 @@ func TestPrintStatusShowsRoutes(t *testing.T) {
 		}
 	}
 }
+
+func TestPrintStatusShowsWhyModeAuto(t *testing.T) {
+	now := time.Now()
+	reason := "nftables unavailable: nftables v0.9.8 (E.D.S.) or the kernel rejects the nftables backend's rules: nft: exit status 1: Error: Could not process rule: Invalid argument"
+	details, err := json.Marshal(proxy.ProxyStatus{Mode: "iptables", Backend: "iptables", Variant: "nft", ModeReason: reason})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &daemon.Status{Version: "test", StartTime: now, Ready: true, Consumers: []daemon.ConsumerState{{Name: "proxy", LastSync: now, Details: details}}}
+	var out bytes.Buffer
+	printStatus(&out, st, now)
+	if want := "Proxy: iptables (nft)\n  chosen by proxy.mode auto: " + reason + "\n"; !strings.Contains(out.String(), want) {
+		t.Errorf("status text lacks %q:\n%s", want, out.String())
+	}
+}
+
+func TestCleaningProxyStatusAddsModeReason(t *testing.T) {
+	c := &cleaningProxy{proxyBackend: fixedStatus{proxy.ProxyStatus{Mode: "nftables", Backend: "nftables"}}, modeReason: "nftables supported"}
+	if got := c.Status().(proxy.ProxyStatus); got.ModeReason != "nftables supported" || got.Backend != "nftables" {
+		t.Errorf("status: %+v", got)
+	}
+	c.modeReason = ""
+	if got := c.Status().(proxy.ProxyStatus); got.ModeReason != "" {
+		t.Errorf("explicit mode got a reason: %+v", got)
+	}
+}
+
+// fixedStatus is a proxyBackend that only reports a status.
+type fixedStatus struct{ st proxy.ProxyStatus }
+
+func (f fixedStatus) Name() string                                  { return "proxy" }
+func (f fixedStatus) Sync(context.Context, *cluster.Snapshot) error { return nil }
+func (f fixedStatus) Status() any                                   { return f.st }
+func (f fixedStatus) Collectors() []prometheus.Collector            { return nil }

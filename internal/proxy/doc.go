@@ -82,72 +82,97 @@
 // With proxy.mode nftables, the same selection is rendered by RenderNFTables
 // into one private table per family, "ip bridge-agent" and "ip6
 // bridge-agent" (NFTablesTable), where Services and endpoints are only
-// elements of a few maps, so the number of chains does not grow with the
-// number of Services. PROTO is tcp, udp or sctp: the maps, sets and chains
-// named with it exist once per protocol.
+// elements of maps, so the number of chains does not grow with the number
+// of Services. PROTO is tcp, udp or sctp and R and I are indexes: the maps,
+// sets and chains named with them exist once per protocol and index in use.
 //
-//	map service-ips          VIP . proto . port : goto pick-N-PROTO | goto affinity-C-N-T-PROTO
-//	map endpoints-PROTO      VIP . port . index : endpoint . port
-//	map affinity-slots-PROTO VIP . port . r : goto affinity-tT-i-PROTO  (r < N: the r-th occupied position i)
-//	set no-endpoints         VIP . proto . port            (rejected)
-//	set hairpin              endpoint . endpoint           (masqueraded)
-//	set affinity-PROTO       client . VIP . port . position, dynamic, with timeouts
+//	map service-ips            VIP . proto . port : goto pick-N-PROTO | goto affinity-C-N-T-PROTO
+//	map endpoints-R-PROTO      VIP . port : endpoint . port     (the R-th endpoint, or the one at position R)
+//	set affinity-clients-I-PROTO  client . VIP . port, dynamic, with timeouts (clients recorded at position I)
+//	set affinity-held-I-PROTO  VIP . port                       (position I has an endpoint)
+//	map affinity-slots-R-PROTO VIP . port : goto affinity-tT-I-PROTO  (R < N: the R-th occupied position I)
+//	set no-endpoints           VIP . proto . port               (rejected)
+//	set hairpin                endpoint . endpoint              (masqueraded)
 //
 //	nat-output      type nat hook output priority -100 (dstnat)     ─► services
 //	nat-prerouting  type nat hook prerouting priority -100 (dstnat) ─► services
-//	services        [VIP . proto . port @service-ips ─► mark-for-masquerade]
-//	                VIP . proto . port vmap @service-ips
-//	pick-N-PROTO    dnat to VIP . PROTO port . numgen random mod N map @endpoints-PROTO
+//	services        VIP . proto . port vmap @service-ips
+//	pick-N-PROTO    [─► mark-for-masquerade]
+//	                numgen random mod N vmap { 0 : goto endpoint-0-PROTO, ..., N-1 : goto endpoint-(N-1)-PROTO }
+//	endpoint-R-PROTO
+//	                dnat addr . port to VIP . PROTO port map @endpoints-R-PROTO
 //	affinity-C-N-T-PROTO
-//	                for i < C: client . VIP . PROTO port . i @affinity-PROTO
-//	                           VIP . PROTO port . i @endpoints-PROTO ─► affinity-tT-i-PROTO
-//	                VIP . PROTO port . numgen random mod N vmap @affinity-slots-PROTO
-//	affinity-tT-i-PROTO
-//	                update @affinity-PROTO { client . VIP . PROTO port . i timeout Ts }
-//	                dnat to VIP . PROTO port . i map @endpoints-PROTO
+//	                [─► mark-for-masquerade]
+//	                for I < C: client . VIP . PROTO port @affinity-clients-I-PROTO
+//	                           VIP . PROTO port @affinity-held-I-PROTO ─► affinity-tT-I-PROTO
+//	                numgen random mod N vmap { R : goto affinity-slot-R-PROTO, ... }
+//	affinity-slot-R-PROTO
+//	                VIP . PROTO port vmap @affinity-slots-R-PROTO
+//	affinity-tT-I-PROTO
+//	                update @affinity-clients-I-PROTO { client . VIP . PROTO port timeout Ts }
+//	                dnat addr . port to VIP . PROTO port map @endpoints-I-PROTO
 //	nat-postrouting type nat hook postrouting priority 100 (srcnat):
 //	                masquerade (fully-random) marked packets, clearing the mark;
 //	                masquerade DNATed packets whose source is their endpoint
 //	filter-output, filter-forward  type filter hook ... priority 0 (filter):
 //	                ct state new VIP . proto . port @no-endpoints reject
 //
-// numgen's modulus is a constant of its rule and nft cannot feed one map
-// lookup into another, so there is one chain per protocol and distinct
-// endpoint count (pick-N-PROTO), and for sessionAffinity: ClientIP one per
-// protocol and distinct number of positions C, endpoint count N and timeout
-// T, plus one per protocol, timeout and position: bounded by three times the
-// largest endpoint count, shared by all Services, and independent of their
-// number. Chains are created only for the protocols in use; the per-protocol
-// maps and sets always exist.
+// The layout is what Linux 5.10 and later and nft 0.9.8 (Debian 11) and
+// later accept, proven in booted Debian guests:
+//   - Kernels before 6.4 ("netfilter: nf_tables: relax set/map validation
+//     checks") reject a map used as a plain set ("KEY @map jump X": Invalid
+//     argument). So the masquerade mark is set in the chains service-ips
+//     sends to, rather than by a lookup of service-ips in services, and an
+//     affinity position's occupancy has its own set (affinity-held) rather
+//     than a lookup of the endpoints map.
+//   - nft 0.9.8 cannot put a numgen (or a constant) into a concatenation
+//     ("can not use variable sized data types (integer) in concat
+//     expressions"), and it cannot declare a map whose concatenated key and
+//     data differ in shape. So numgen stands alone as the key of an
+//     anonymous verdict map that picks the index R, each index has its own
+//     chain and map keyed by VIP . port only, and the maps are declared by
+//     type, not typeof. nft 0.9.8 parses only the "dnat ip addr . port to"
+//     form of a DNAT to a concatenated address and port; later versions
+//     parse it too and list it as "dnat ip to".
 //
-// Why per protocol: service-ips, no-endpoints and hairpin are declared with
-// plain types, and the rules using them read "meta l4proto . th dport",
-// which holds for every protocol and tests none. The maps and sets keyed
-// with a numgen have no such type and must be declared with typeof, naming
-// a protocol's port field ("th dport" there cannot be read back by nft
-// 1.0.6). nft takes a typeof set as the context of every rule that uses it
-// and adds that protocol's implicit test ("meta l4proto tcp") to the rule,
-// depending on when the rule is written: a single map for all protocols
-// made rules written into an existing table (a refill, a new pick chain)
-// match one protocol only. So each protocol has its own maps, declared with
-// its own field, and its own chains, whose rules name that field: the test
-// nft adds is then always the chain's own protocol, which service-ips only
-// sends there anyway, and the rule means the same whenever it is written.
-// The kernel tests check the rules' bytecode (nft --debug=netlink) for
-// this.
+// numgen's modulus is a constant of its rule, so there is one chain per
+// protocol and distinct endpoint count (pick-N-PROTO), and for
+// sessionAffinity: ClientIP one per protocol and distinct number of
+// positions C, endpoint count N and timeout T, plus one per protocol,
+// timeout and position; the per-index chains, maps and sets go up to the
+// largest endpoint count (or number of positions) of the protocol. All are
+// shared by every Service port, independent of the number of Services, and
+// exist only while some Service port needs them: a change of endpoint
+// counts adds or deletes them in the same transaction as the elements.
 //
-// Session affinity records the client with the endpoint's position. Without
+// Why per protocol: service-ips, no-endpoints and hairpin are read with
+// "meta l4proto . th dport", which holds for every protocol and tests none.
+// The per-index maps and sets are read with the protocol's own port field
+// ("tcp dport"), for which nft adds the implicit test "meta l4proto tcp" to
+// the rule: each protocol has its own chains, whose rules name only their
+// own protocol's field, which service-ips only sends there anyway. The
+// kernel tests check the rules' bytecode (nft --debug=netlink) for this.
+//
+// Session affinity records the client at the endpoint's position. Without
 // affinity, the endpoints of a Service port are numbered 0..N-1 in order.
 // With it, positions are stable: an endpoint keeps its position for as long
 // as it stays, a new endpoint takes the first free position (or the next
 // one), and positions are renumbered only when more than half of them would
 // be free. A recorded client therefore stays on its endpoint while that
 // endpoint exists, as with the iptables backend; a record for a free
-// position is ignored (the @endpoints check) and the client is spread like a
-// new one. The random pick goes through affinity-slots-PROTO, which lists
-// the N occupied positions of the Service port, so that free positions never
-// get traffic. Positions are state of the backend (kept across syncs and
-// periodic rewrites, not across restarts, which start with a new table).
+// position is ignored (the @affinity-held check) and the client is spread
+// like a new one. The random pick goes through affinity-slots-R-PROTO, which
+// lists the N occupied positions of the Service port, so that free
+// positions never get traffic. Positions are state of the backend (kept
+// across syncs and periodic rewrites, not across restarts, which start with
+// a new table).
+//
+// The start-up probe (NFTablesSupported, and with it proxy.mode auto) runs
+// this layout itself: a small cluster in both families rendered by
+// RenderNFTables and an incremental transaction that deletes chains and
+// maps, written into the table "bridge-agent-check" with nft --check, which
+// the kernel evaluates and aborts. Its error, when there is one, is the
+// reason proxy.mode auto gives for using iptables.
 //
 // Other firewalls coexist by priority: our DNAT runs at dstnat (-100), so a
 // filter chain at priority 0 sees Service traffic already rewritten to the
@@ -170,8 +195,8 @@
 // any size) and compared with what was written: a deleted or flushed table,
 // a chain missing or holding a different number of rules, a missing set
 // makes that sync a full write. Every FullSyncPeriod (an hour) the whole
-// table is rendered again, and the chains and static sets are flushed and
-// refilled in one transaction, which also repairs deleted elements while
+// table is rendered again, and the chains and sets (the dynamic ones
+// excepted) are flushed and refilled in one transaction, which also repairs deleted elements while
 // keeping the affinity records. A full write at 10k Services takes about a
 // second, and changes wait for it; doing it hourly rather than every
 // syncPeriod keeps that out of the change latency. A full write costs

@@ -307,6 +307,9 @@ type ProxyStatus struct {
 	Backend  string                  `json:"backend"`
 	Variant  Variant                 `json:"variant,omitempty"`
 	Families map[string]FamilyStatus `json:"families"`
+	// ModeReason says why proxy.mode auto chose Backend (ChooseBackend:
+	// when not nftables, the probe's error); empty for an explicit mode.
+	ModeReason string `json:"modeReason,omitempty"`
 }
 
 // Status implements daemon.StatusReporter.

@@ -156,7 +156,7 @@ func TestNFTablesCheckKernel(t *testing.T) {
 	}
 
 	// An element deleted: the check does not see it; the full write does.
-	inNetns(t, ns, "nft", "delete", "element", "ip", NFTablesTable, "endpoints-tcp", "{ 172.30.0.10 . 80 . 1 }")
+	inNetns(t, ns, "nft", "delete", "element", "ip", NFTablesTable, "endpoints-1-tcp", "{ 172.30.0.10 . 80 }")
 	clock = clock.Add(2 * time.Minute)
 	runs = len(rec.scripts)
 	if err := p.Sync(ctx, snap); err != nil {

@@ -168,9 +168,20 @@ func fakeApply(tables map[string]*fakeNFTTable, line string) error {
 				return fmt.Errorf("rule refers to missing chain %s", ref)
 			}
 		}
-		for _, w := range strings.Fields(rest) {
-			if s, ok := strings.CutPrefix(w, "@"); ok && t.sets[s] == nil {
-				return fmt.Errorf("rule refers to missing set %s", s)
+		words := strings.Fields(rest)
+		for i, w := range words {
+			name, ok := strings.CutPrefix(w, "@")
+			if !ok {
+				continue
+			}
+			s := t.sets[name]
+			if s == nil {
+				return fmt.Errorf("rule refers to missing set %s", name)
+			}
+			// Kernels before 6.4 reject a map used as a plain set
+			// ("Invalid argument"): only "map @m" and "vmap @m" read one.
+			if s.isMap && (i == 0 || (words[i-1] != "map" && words[i-1] != "vmap")) {
+				return fmt.Errorf("rule uses map %s as a set", name)
 			}
 		}
 		c.rules = append(c.rules, rest)
@@ -186,6 +197,19 @@ func fakeApply(tables map[string]*fakeNFTTable, line string) error {
 			return nil
 		}
 		t.sets[name] = &fakeNFTSet{isMap: kind == "map", decl: decl, elements: map[string]NFTElement{}}
+	case "delete map", "delete set":
+		s := t.sets[name]
+		if s == nil || s.isMap != (kind == "map") {
+			return fmt.Errorf("no %s %s", kind, name)
+		}
+		for cn, c := range t.chains {
+			for _, r := range c.rules {
+				if slices.Contains(strings.Fields(r), "@"+name) {
+					return fmt.Errorf("%s %s is busy: used by %s", kind, name, cn)
+				}
+			}
+		}
+		delete(t.sets, name)
 	case "flush map", "flush set":
 		s := t.sets[name]
 		if s == nil || s.isMap != (kind == "map") {

@@ -306,15 +306,15 @@ func (tr *nftTracer) rule(toks []string, p packet, st nftOutcome) ([]nftOutcome,
 		st.recent = append(st.recent[:len(st.recent):len(st.recent)], strings.TrimPrefix(toks[1], "@")+" "+vals[0].s)
 		return tr.rule(rest[3:], p, st)
 	case toks[0] == "dnat":
-		// dnat ip to KEY map @name
-		if len(toks) < 3 || toks[2] != "to" || (toks[1] != "ip" && toks[1] != "ip6") {
+		// dnat ip addr . port to KEY map @name
+		if len(toks) < 6 || (toks[1] != "ip" && toks[1] != "ip6") || strings.Join(toks[2:6], " ") != "addr . port to" {
 			return nil, fmt.Errorf("bad dnat %q", toks)
 		}
-		vals, n, err := tr.concat(toks[3:], p)
+		vals, n, err := tr.concat(toks[6:], p)
 		if err != nil {
 			return nil, err
 		}
-		rest := toks[3+n:]
+		rest := toks[6+n:]
 		if len(rest) != 2 || rest[0] != "map" || !strings.HasPrefix(rest[1], "@") {
 			return nil, fmt.Errorf("bad dnat map %q", rest)
 		}
@@ -353,6 +353,10 @@ func (tr *nftTracer) rule(toks []string, p packet, st nftOutcome) ([]nftOutcome,
 		o.prob *= v.prob
 		switch {
 		case len(rest) >= 1 && strings.HasPrefix(rest[0], "@"):
+			if s := tr.t.sets[rest[0][1:]]; s != nil && s.isMap {
+				// Kernels before 6.4 reject this ("Invalid argument").
+				return nil, fmt.Errorf("map %s used as a set", rest[0][1:])
+			}
 			_, ok, err := tr.element(rest[0][1:], v.s)
 			if err != nil {
 				return nil, err

@@ -29,9 +29,8 @@ const (
 	nftServiceIPs  = "service-ips"
 	nftNoEndpoints = "no-endpoints"
 	nftHairpin     = "hairpin"
-	// One of each per protocol: endpoints-tcp, affinity-udp (protoName).
+	// Per protocol and index: endpoints-0-tcp (indexName).
 	nftEndpoints = "endpoints"
-	nftAffinity  = "affinity"
 
 	nftPickPrefix     = "pick-"
 	nftAffinityPrefix = "affinity-"
@@ -117,15 +116,16 @@ func nftFamily(f Family) (family, addrType string) {
 // RenderNFTables renders the snapshot as the desired content of one family's
 // table. It reads no kernel state; equal inputs give equal rulesets.
 //
-// Services and endpoints are only elements of a few maps, so the number of
-// chains does not grow with the number of Services: numgen's modulus must be
-// a constant of its rule, so there is one small chain per protocol and
+// Services and endpoints are only elements of maps, so the number of chains
+// does not grow with the number of Services: numgen's modulus must be a
+// constant of its rule, so there is one small chain per protocol and
 // distinct endpoint count (pick-N-PROTO) and, for sessionAffinity: ClientIP,
 // per protocol and distinct number of positions, endpoint count and timeout
 // (affinity-C-N-T-PROTO) and per protocol, timeout and position
-// (affinity-tT-I-PROTO). All of them are shared by every Service port with
-// those numbers. The maps these chains read are per protocol too (see
-// nftModel.fixed), so that every rule tests only its own protocol.
+// (affinity-tT-I-PROTO), plus per protocol and index the chains, maps and
+// sets of one endpoint index (endpoint-R-PROTO, endpoints-R-PROTO, ...).
+// All of them are shared by every Service port with those numbers. See
+// doc.go for the layout and why it is so (Linux 5.10, nft 0.9.8).
 //
 // A fresh render numbers the endpoints of a Service port with session
 // affinity in order; the backend keeps their positions across syncs (see
@@ -143,18 +143,8 @@ func svcKey(ip netip.Addr, proto string, port int32) string {
 	return ip.String() + " . " + proto + " . " + strconv.Itoa(int(port))
 }
 
-// fixedIndex is the constant i as an expression of numgen's type: nft 1.0.6
-// does not accept a bare constant inside a concatenation, but a numgen with
-// modulus 1 and offset i always yields i.
-func fixedIndex(i int) string {
-	if i == 0 {
-		return "numgen random mod 1"
-	}
-	return "numgen random mod 1 offset " + strconv.Itoa(i)
-}
-
-// protoKeyElement is the key of a Service port in the per-protocol maps,
-// without the position: the map's name gives the protocol.
+// protoKeyElement is the key of a Service port in the per-protocol,
+// per-index maps and sets: their name gives the protocol and index.
 func protoKeyElement(ip netip.Addr, port int32) string {
 	return ip.String() + " . " + strconv.Itoa(int(port))
 }
@@ -360,46 +350,77 @@ func nftFullScript(rs, prev *NFTRuleset, recreate bool) (script []byte, commands
 				stale = append(stale, c.Name)
 			}
 		}
-		// Flushed first: a stale chain may jump to another stale one.
+		staleSets := removedSets(prev.Sets, rs.Sets)
+		// Flushed first: a stale chain may jump to another stale one, and
+		// a stale verdict map's elements to a stale chain.
 		for _, c := range stale {
 			s.cmd("flush", "chain", c, "")
 		}
+		for i := range staleSets {
+			s.cmd("flush", setKind(&staleSets[i]), staleSets[i].Name, "")
+		}
 		for _, c := range stale {
 			s.cmd("delete", "chain", c, "")
+		}
+		for i := range staleSets {
+			s.cmd("delete", setKind(&staleSets[i]), staleSets[i].Name, "")
 		}
 	}
 	return s.b.Bytes(), s.commands
 }
 
+// removedSets returns the sets of prev that next lacks.
+func removedSets(prev, next []NFTSet) []NFTSet {
+	want := make(map[string]bool, len(next))
+	for i := range next {
+		want[next[i].Name] = true
+	}
+	var out []NFTSet
+	for i := range prev {
+		if !want[prev[i].Name] {
+			out = append(out, NFTSet{Name: prev[i].Name, Map: prev[i].Map, Dynamic: prev[i].Dynamic, Decl: prev[i].Decl})
+		}
+	}
+	return out
+}
+
 // nftDiffScript returns a transaction that turns a table holding prev into
 // one holding next, sending only what changed: elements added, removed or
-// changed, and chains added, rewritten or removed. It returns nil when
-// nothing changed.
+// changed, chains added, rewritten or removed, and sets added or removed.
+// It returns nil when nothing changed.
 func nftDiffScript(prev, next *NFTRuleset) (script []byte, commands int) {
 	prevSets := map[string]*NFTSet{}
 	for i := range prev.Sets {
 		prevSets[prev.Sets[i].Name] = &prev.Sets[i]
 	}
-	var added []NFTSet
-	del := make([][]NFTElement, len(next.Sets))
-	add := make([][]NFTElement, len(next.Sets))
+	del := map[string][]NFTElement{}
+	add := map[string][]NFTElement{}
+	for _, set := range removedSets(prev.Sets, next.Sets) {
+		if old := prevSets[set.Name]; !old.Dynamic {
+			del[set.Name] = old.Elements
+		}
+	}
 	for i := range next.Sets {
 		set := &next.Sets[i]
-		old := prevSets[set.Name]
-		if old == nil {
-			added = append(added, *set)
-			old = &NFTSet{}
+		var old []NFTElement
+		if o := prevSets[set.Name]; o != nil {
+			old = o.Elements
 		}
-		elementDelta(old.Elements, set.Elements, &del[i], &add[i])
-		slices.SortFunc(del[i], func(a, b NFTElement) int { return strings.Compare(a.Key, b.Key) })
+		d, a := del[set.Name], add[set.Name]
+		elementDelta(old, set.Elements, &d, &a)
+		slices.SortFunc(d, func(a, b NFTElement) int { return strings.Compare(a.Key, b.Key) })
+		del[set.Name], add[set.Name] = d, a
 	}
-	return nftChangeScript(next.Family, prev.Chains, next.Chains, added, next.Sets, del, add)
+	return nftChangeScript(next.Family, prev.Chains, next.Chains, prev.Sets, next.Sets, del, add)
 }
 
 // nftChangeScript writes the transaction that turns chains prevChains into
-// nextChains and removes del[i] from and adds add[i] to sets[i]; newSets are
-// declared first. It returns nil when there is nothing to do.
-func nftChangeScript(fam Family, prevChains, nextChains []NFTChain, newSets, sets []NFTSet, del, add [][]NFTElement) (script []byte, commands int) {
+// nextChains and sets prevSets into nextSets (declarations: sets are added
+// and deleted whole), removing del[name] from and adding add[name] to the
+// set of that name. del lists every element of a deleted map (those of
+// dynamic sets excepted): a verdict map's elements hold their chains. It
+// returns nil when there is nothing to do.
+func nftChangeScript(fam Family, prevChains, nextChains []NFTChain, prevSets, nextSets []NFTSet, del, add map[string][]NFTElement) (script []byte, commands int) {
 	s := newNFTScript(fam)
 	prevByName := make(map[string]*NFTChain, len(prevChains))
 	for i := range prevChains {
@@ -426,8 +447,12 @@ func nftChangeScript(fam Family, prevChains, nextChains []NFTChain, newSets, set
 			removed = append(removed, c.Name)
 		}
 	}
+	newSets := removedSets(nextSets, prevSets)
+	goneSets := removedSets(prevSets, nextSets)
+	// All sets, in a fixed order, for the element commands.
+	all := append(slices.Clone(nextSets), goneSets...)
 
-	// New chains exist before anything refers to them.
+	// New chains and sets exist before anything refers to them.
 	for _, c := range added {
 		s.addChain(c)
 	}
@@ -436,9 +461,9 @@ func nftChangeScript(fam Family, prevChains, nextChains []NFTChain, newSets, set
 		s.cmd("add", setKind(set), set.Name, "{ "+set.Decl+" }")
 	}
 	// Removed and changed elements go first: they may point to chains that
-	// are deleted below.
-	for i := range sets {
-		s.elements(&sets[i], del[i], true)
+	// are deleted below (and a verdict map is deleted empty).
+	for i := range all {
+		s.elements(&all[i], del[all[i].Name], true)
 	}
 	for _, c := range changed {
 		s.cmd("flush", "chain", c.Name, "")
@@ -452,11 +477,14 @@ func nftChangeScript(fam Family, prevChains, nextChains []NFTChain, newSets, set
 	for _, c := range changed {
 		s.rules(c)
 	}
-	for i := range sets {
-		s.elements(&sets[i], add[i], false)
+	for i := range nextSets {
+		s.elements(&nextSets[i], add[nextSets[i].Name], false)
 	}
 	for _, c := range removed {
 		s.cmd("delete", "chain", c, "")
+	}
+	for i := range goneSets {
+		s.cmd("delete", setKind(&goneSets[i]), goneSets[i].Name, "")
 	}
 	if s.commands == 0 {
 		return nil, 0

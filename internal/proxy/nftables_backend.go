@@ -84,9 +84,11 @@ func newNFTMetrics() *nftMetrics {
 type nftApplied struct {
 	snap *cluster.Snapshot
 	// model is the table's desired content for snap, patched by later
-	// syncs; chains are its chains as written.
+	// syncs; chains and sets are its chains and set declarations as
+	// written.
 	model  *nftModel
 	chains []NFTChain
+	sets   []NFTSet
 	// full is when the table was last written whole.
 	full time.Time
 }
@@ -195,7 +197,7 @@ func (p *NFTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 			return err
 		}
 		rs := m.ruleset()
-		st.model, st.chains = m, rs.Chains
+		st.model, st.chains, st.sets = m, rs.Chains, m.setDecls()
 		stats = m.renderStats(true)
 		local = stats.LocalPolicyIgnored
 		if last == nil {
@@ -203,7 +205,7 @@ func (p *NFTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 			script, commands = nftFullScript(rs, nil, true)
 		} else {
 			kind = "full"
-			script, commands = nftFullScript(rs, &NFTRuleset{Chains: last.chains}, false)
+			script, commands = nftFullScript(rs, &NFTRuleset{Chains: last.chains, Sets: last.sets}, false)
 			udpPrev, udpNext = udpServicePorts(last.snap, fam, p.opts.Zone), udpServicePorts(snap, fam, p.opts.Zone)
 		}
 	} else {
@@ -215,8 +217,8 @@ func (p *NFTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 		udpNext = udpServicePorts(subSnapshot(snap, keys), fam, p.opts.Zone)
 		m := last.model
 		patch := m.patch(snap, keys)
-		st.model, st.chains, st.full = m, m.chains(), last.full
-		script, commands = nftChangeScript(fam, last.chains, st.chains, nil, m.sets, patch.del[:], patch.add[:])
+		st.model, st.chains, st.sets, st.full = m, m.chains(), m.setDecls(), last.full
+		script, commands = nftChangeScript(fam, last.chains, st.chains, last.sets, st.sets, patch.del, patch.add)
 		stats = m.renderStats(false)
 		local = patch.local
 	}

@@ -148,7 +148,7 @@ func (p *NFTables) checkTables(ctx context.Context) {
 	slices.Sort(fams)
 	for _, fam := range fams {
 		st := p.applied[fam]
-		if why := skeletonDiff(got[fam], st.chains, st.model.sets); why != "" {
+		if why := skeletonDiff(got[fam], st.chains, st.sets); why != "" {
 			p.log.Warn("nftables table changed by someone else; rewriting it", "family", fam.String(), "reason", why)
 			p.metrics.repairs.Inc()
 			st.full = time.Time{}

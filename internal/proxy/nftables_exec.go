@@ -16,12 +16,13 @@ import (
 // nftRunner runs nft scripts. Only this is used by the nftables backend; unit
 // tests replace it with a stateful fake.
 type nftRunner interface {
-	// Run feeds script to "nft -f -": one atomic transaction, all or nothing.
+	// Run feeds script to "nft -f" on stdin: one atomic transaction, all
+	// or nothing.
 	Run(ctx context.Context, script []byte) error
 }
 
 // execNFT is the real nftRunner: it runs the nft command. argv is the command
-// line up to, not including, "-f -" (normally just the path of nft).
+// line up to, not including, "-f FILE" (normally just the path of nft).
 type execNFT struct {
 	argv []string
 	// peakRSS is the peak resident memory, in bytes, of the last nft run.
@@ -47,15 +48,20 @@ func newExecNFT() (*execNFT, error) {
 	return &execNFT{argv: []string{path}}, nil
 }
 
+// nftStdin is the file name under which nft reads its script from stdin.
+// nft 0.9.8 opens "-" as /dev/stdin, a symlink that a minimal /dev (an
+// initramfs, some containers) lacks; /proc/self/fd/0 is what it points to.
+const nftStdin = "/proc/self/fd/0"
+
 func (x *execNFT) Run(ctx context.Context, script []byte) error {
-	_, err := x.run(ctx, script, "-f", "-")
+	_, err := x.run(ctx, script, "-f", nftStdin)
 	return err
 }
 
 // check validates script without committing it (nft --check): the kernel
 // evaluates the whole transaction, then it is aborted.
 func (x *execNFT) check(ctx context.Context, script []byte) error {
-	_, err := x.run(ctx, script, "--check", "-f", "-")
+	_, err := x.run(ctx, script, "--check", "-f", nftStdin)
 	return err
 }
 
@@ -156,31 +162,11 @@ func isNFTNotFound(err error) bool {
 	return errors.As(err, &ne) && strings.Contains(ne.Stderr, "No such file or directory")
 }
 
-// nftSupportScript exercises every feature the layout needs, in a table
-// that is never committed: concatenated keys with numgen, dnat from a map
-// with concatenated data, verdict maps, dynamic sets with timeouts, numgen
-// offsets, masquerade and reject.
-const nftSupportScript = `add table ip bridge-agent-check
-add map ip bridge-agent-check m { typeof ip daddr . tcp dport . numgen random mod 65536 : ip daddr . tcp dport; }
-add map ip bridge-agent-check v { type ipv4_addr . inet_proto . inet_service : verdict; }
-add set ip bridge-agent-check a { typeof ip saddr . ip daddr . tcp dport . numgen random mod 65536; flags dynamic,timeout; size 1024; }
-add chain ip bridge-agent-check c
-add chain ip bridge-agent-check o { type nat hook output priority -100; policy accept; }
-add chain ip bridge-agent-check p { type nat hook postrouting priority 100; policy accept; }
-add chain ip bridge-agent-check f { type filter hook output priority 0; policy accept; }
-add rule ip bridge-agent-check o ip daddr . meta l4proto . th dport vmap @v
-add rule ip bridge-agent-check c update @a { ip saddr . ip daddr . tcp dport . numgen random mod 1 offset 1 timeout 10s }
-add rule ip bridge-agent-check c dnat ip to ip daddr . tcp dport . numgen random mod 3 map @m
-add rule ip bridge-agent-check p meta mark & 0x4000 == 0x4000 meta mark set meta mark ^ 0x4000 masquerade fully-random
-add rule ip bridge-agent-check f ct state new ip daddr . meta l4proto . th dport @v reject
-add element ip bridge-agent-check v { 10.0.0.1 . tcp . 80 : goto c }
-add element ip bridge-agent-check m { 10.0.0.1 . 80 . 0 : 10.0.1.1 . 8080 }
-`
-
 // NFTablesSupported reports whether this host can run the nftables backend:
-// the nft command is installed and it and the kernel accept the features the
-// layout uses (checked with nft --check, which changes nothing). The reason
-// says why not, or what was found.
+// the nft command is installed and it and the kernel accept the agent's
+// layout and its incremental changes (nftProbeScript, checked with nft
+// --check, which changes nothing). The reason says why not, with nft's
+// error, or what was found.
 func NFTablesSupported(ctx context.Context) (bool, string) {
 	x, err := newExecNFT()
 	if err != nil {
@@ -195,8 +181,8 @@ func nftSupported(ctx context.Context, x *execNFT) (bool, string) {
 		return false, fmt.Sprintf("nft does not run: %v", err)
 	}
 	version := strings.TrimSpace(string(out))
-	if err := x.check(ctx, []byte(nftSupportScript)); err != nil {
-		return false, fmt.Sprintf("%s or the kernel lacks features the nftables backend needs: %v", version, err)
+	if err := x.check(ctx, nftProbeScript()); err != nil {
+		return false, fmt.Sprintf("%s or the kernel rejects the nftables backend's rules: %v", version, err)
 	}
 	return true, version
 }

@@ -41,20 +41,20 @@ type nftModel struct {
 	counts    NFTRenderStats // the per-Service counts, summed
 	elements  int            // elements of all groups (hairpin excepted)
 	static    []NFTChain     // base chains, then services and mark-for-masquerade
-	sets      []NFTSet       // declarations, without elements
+	fixedSets []NFTSet       // service-ips, no-endpoints, hairpin, without elements
+	addrType  string         // ipv4_addr or ipv6_addr
 }
 
 // nftGroup is what one Service contributes to the table.
 type nftGroup struct {
-	// Elements, by set, in the Service's port order; endpoints and slots
-	// by protocol (nftProtocols).
-	serviceIPs, noEndpoints []NFTElement
-	endpoints, slots        [nftProtoCount][]NFTElement
-	hairpin                 []netip.Addr // sorted, unique
-	picks                   [][2]int
-	affinity                [][4]int
-	counts                  NFTRenderStats
-	local                   bool
+	// elements holds the Service's elements by set name, in its port
+	// order.
+	elements map[string][]NFTElement
+	hairpin  []netip.Addr // sorted, unique
+	picks    [][2]int
+	affinity [][4]int
+	counts   NFTRenderStats
+	local    bool
 	// positions holds, per port with session affinity ("name/proto"), the
 	// endpoint at each position; an invalid AddrPort is a free position.
 	positions map[string][]netip.AddrPort
@@ -76,36 +76,33 @@ func protoIndex(proto string) int {
 	panic("nftables: unknown protocol " + proto)
 }
 
-// Indexes of the sets in nftModel.sets and of the per-set lists of a patch.
-// The per-protocol maps and sets take nftProtoCount indexes each, from
-// their first one, in the order of nftProtocols. The sets before
-// nftSetHairpin hold elements of single Services.
+// Bases of the names of the per-protocol, per-index maps, sets and chains
+// (indexName): endpoints-R-PROTO holds the R-th endpoint of every Service
+// port, and the chain endpoint-R-PROTO DNATs to it; see doc.go.
 const (
-	nftSetServiceIPs  = 0
-	nftSetEndpoints   = 1
-	nftSetSlots       = nftSetEndpoints + nftProtoCount
-	nftSetNoEndpoints = nftSetSlots + nftProtoCount
-	nftSetHairpin     = nftSetNoEndpoints + 1
-	nftSetAffinity    = nftSetHairpin + 1
-	nftSetCount       = nftSetAffinity + nftProtoCount
+	nftEndpointChain     = "endpoint"
+	nftAffinityClients   = "affinity-clients"
+	nftAffinityHeld      = "affinity-held"
+	nftAffinitySlots     = "affinity-slots"
+	nftAffinitySlotChain = "affinity-slot"
 )
 
-// nftAffinitySlots maps a Service port's key and a random number below its
-// endpoint count to the chain of one occupied position (one map per
-// protocol, like endpoints and affinity).
-const nftAffinitySlots = "affinity-slots"
-
-// protoName returns the name of the per-protocol map, set or chain base for
-// protocol index p: "endpoints-tcp", "pick-2-udp".
+// protoName returns the name of a chain base for protocol index p
+// (nftProtocols): "pick-2-udp".
 func protoName(base string, p int) string {
 	return base + "-" + nftProtocols[p]
 }
 
-// protoKey is the key of the per-protocol maps and sets, without the
-// trailing position: the destination address and port, the port read as
-// the protocol's own field, as in the map's typeof: nft adds the implicit
-// protocol test of a typeof set's fields to the rules that use it, so a
-// rule uses only the maps of the protocol its chain is for.
+// indexName returns the name of the per-protocol, per-index map, set or
+// chain base with index i for protocol index p: "endpoints-0-tcp".
+func indexName(base string, i, p int) string {
+	return base + "-" + strconv.Itoa(i) + "-" + nftProtocols[p]
+}
+
+// protoKey is the key of the per-protocol maps and sets: the destination
+// address and port, the port read as the protocol's own field, so that
+// every rule using them tests its chain's protocol (nft adds "meta l4proto
+// PROTO" before the port).
 func (m *nftModel) protoKey(p int) string {
 	return m.famWord + " daddr . " + nftProtocols[p] + " dport"
 }
@@ -123,7 +120,7 @@ func newNFTModel(in NFTRenderInput, prev map[cluster.ServiceKey]*nftGroup) (*nft
 	in.Snapshot = nil
 	fam, addrType := nftFamily(in.Family)
 	m := &nftModel{
-		fam: in.Family, opts: in, famWord: fam,
+		fam: in.Family, opts: in, famWord: fam, addrType: addrType,
 		key:       fam + " daddr . meta l4proto . th dport",
 		groups:    map[cluster.ServiceKey]*nftGroup{},
 		hairpin:   map[netip.Addr]int{},
@@ -131,7 +128,7 @@ func newNFTModel(in NFTRenderInput, prev map[cluster.ServiceKey]*nftGroup) (*nft
 		affinity:  map[[4]int]int{},
 		posChains: map[[3]int]int{},
 	}
-	m.static, m.sets = m.fixed(addrType)
+	m.static, m.fixedSets = m.fixed(addrType)
 	if snap != nil {
 		m.groups = make(map[cluster.ServiceKey]*nftGroup, len(snap.Services))
 		for k, svc := range snap.Services {
@@ -151,10 +148,6 @@ func (m *nftModel) fixed(addrType string) ([]NFTChain, []NFTSet) {
 		return fmt.Sprintf("type %s hook %s priority %d; policy accept;", typ, hook, prio)
 	}
 	rejectRule := "ct state new " + key + " @" + nftNoEndpoints + " reject"
-	svcRules := []string{key + " vmap @" + nftServiceIPs}
-	if m.opts.Masquerade {
-		svcRules = []string{key + " @" + nftServiceIPs + " jump " + nftMarkMasq, svcRules[0]}
-	}
 	chains := []NFTChain{
 		{Name: nftNATOutput, Base: base("nat", "output", nftPriorityDNAT), Rules: []string{"jump " + nftServices}},
 		{Name: nftNATPrerouting, Base: base("nat", "prerouting", nftPriorityDNAT), Rules: []string{"jump " + nftServices}},
@@ -169,32 +162,71 @@ func (m *nftModel) fixed(addrType string) ([]NFTChain, []NFTSet) {
 		}},
 		{Name: nftFilterOutput, Base: base("filter", "output", nftPriorityFilter), Rules: []string{rejectRule}},
 		{Name: nftFilterForward, Base: base("filter", "forward", nftPriorityFilter), Rules: []string{rejectRule}},
-		{Name: nftServices, Rules: svcRules},
+		// Masquerading is marked in the chains service-ips sends to
+		// (pick and affinity): kernels before 6.4 reject a map used as
+		// a plain set ("@service-ips jump ..."), see doc.go.
+		{Name: nftServices, Rules: []string{key + " vmap @" + nftServiceIPs}},
 		{Name: nftMarkMasq, Rules: []string{"meta mark set meta mark | " + mark}},
 	}
-	// service-ips, no-endpoints and hairpin are declared by type: the rules
-	// using them read "th dport", the same two bytes of every transport
-	// header, with no protocol test. The maps and sets with a numgen in
-	// their key must be declared by typeof (numgen has no fixed-size type
-	// of its own), and nft makes the rules using a typeof set test the
-	// protocol of its fields, whenever they are written: so they are one
-	// per protocol, each declared with that protocol's field and used only
-	// by rules of that protocol's chains. (A single map declared with "th
-	// dport" cannot be read back by nft 1.0.6, and one declared with one
-	// protocol's field restricts rules to that protocol, depending on when
-	// they are written.)
-	sets := make([]NFTSet, nftSetCount)
-	sets[nftSetServiceIPs] = NFTSet{Name: nftServiceIPs, Map: true, Decl: "type " + addrType + " . inet_proto . inet_service : verdict;"}
-	for p := range nftProtoCount {
-		key := m.protoKey(p)
-		proto := nftProtocols[p]
-		sets[nftSetEndpoints+p] = NFTSet{Name: protoName(nftEndpoints, p), Map: true, Decl: "typeof " + key + " . numgen random mod 65536 : " + fam + " daddr . " + proto + " dport;"}
-		sets[nftSetSlots+p] = NFTSet{Name: protoName(nftAffinitySlots, p), Map: true, Decl: "typeof " + key + " . numgen random mod 65536 : verdict;"}
-		sets[nftSetAffinity+p] = NFTSet{Name: protoName(nftAffinity, p), Dynamic: true, Decl: fmt.Sprintf("typeof %s saddr . %s . numgen random mod 65536; flags dynamic,timeout; size %d;", fam, key, nftAffinitySize)}
+	sets := []NFTSet{
+		{Name: nftServiceIPs, Map: true, Decl: "type " + addrType + " . inet_proto . inet_service : verdict;"},
+		{Name: nftNoEndpoints, Decl: "type " + addrType + " . inet_proto . inet_service;"},
+		{Name: nftHairpin, Decl: "type " + addrType + " . " + addrType + ";"},
 	}
-	sets[nftSetNoEndpoints] = NFTSet{Name: nftNoEndpoints, Decl: "type " + addrType + " . inet_proto . inet_service;"}
-	sets[nftSetHairpin] = NFTSet{Name: nftHairpin, Decl: "type " + addrType + " . " + addrType + ";"}
 	return chains, sets
+}
+
+// indexSetDecl returns the declaration of a per-index map or set (see
+// indexName) whose name starts with base.
+func (m *nftModel) indexSetDecl(base, name string) NFTSet {
+	a := m.addrType
+	switch base {
+	case nftEndpoints:
+		return NFTSet{Name: name, Map: true, Decl: "type " + a + " . inet_service : " + a + " . inet_service;"}
+	case nftAffinitySlots:
+		return NFTSet{Name: name, Map: true, Decl: "type " + a + " . inet_service : verdict;"}
+	case nftAffinityHeld:
+		return NFTSet{Name: name, Decl: "type " + a + " . inet_service;"}
+	}
+	return NFTSet{Name: name, Dynamic: true, Decl: fmt.Sprintf("type %s . %s . inet_service; flags dynamic,timeout; size %d;", a, a, nftAffinitySize)}
+}
+
+// indexCounts returns, per protocol, how many endpoints-R maps (and
+// endpoint-R chains of pick chains), affinity positions (affinity-clients
+// and affinity-held sets) and affinity slots (affinity-slots maps and
+// affinity-slot chains) the chains in use need: the largest endpoint count
+// of a pick chain, number of positions and occupied count of an affinity
+// chain.
+func (m *nftModel) indexCounts() (picks, positions, slots [nftProtoCount]int) {
+	for pn := range m.picks {
+		picks[pn[0]] = max(picks[pn[0]], pn[1])
+	}
+	for a := range m.affinity {
+		positions[a[0]] = max(positions[a[0]], a[1])
+		slots[a[0]] = max(slots[a[0]], a[2])
+	}
+	return picks, positions, slots
+}
+
+// setDecls returns the declarations of the model's maps and sets, without
+// elements: the fixed ones, then the per-index ones in name order.
+func (m *nftModel) setDecls() []NFTSet {
+	picks, positions, slots := m.indexCounts()
+	var idx []NFTSet
+	for p := range nftProtoCount {
+		for i := range max(picks[p], positions[p]) {
+			idx = append(idx, m.indexSetDecl(nftEndpoints, indexName(nftEndpoints, i, p)))
+		}
+		for i := range positions[p] {
+			idx = append(idx, m.indexSetDecl(nftAffinityClients, indexName(nftAffinityClients, i, p)),
+				m.indexSetDecl(nftAffinityHeld, indexName(nftAffinityHeld, i, p)))
+		}
+		for r := range slots[p] {
+			idx = append(idx, m.indexSetDecl(nftAffinitySlots, indexName(nftAffinitySlots, r, p)))
+		}
+	}
+	slices.SortFunc(idx, func(a, b NFTSet) int { return compareChainNames(a.Name, b.Name) })
+	return append(slices.Clone(m.fixedSets), idx...)
 }
 
 // render returns the group of one Service, or nil when it gets no rule in
@@ -212,7 +244,8 @@ func (m *nftModel) render(svc *cluster.Service, old *nftGroup) *nftGroup {
 	if len(ips) == 0 {
 		return nil
 	}
-	g := &nftGroup{}
+	g := &nftGroup{elements: map[string][]NFTElement{}}
+	add := func(set string, e NFTElement) { g.elements[set] = append(g.elements[set], e) }
 	rendered := false
 	timeout := 0
 	if t := svc.SessionAffinityTimeout; t > 0 {
@@ -230,7 +263,7 @@ func (m *nftModel) render(svc *cluster.Service, old *nftGroup) *nftGroup {
 		if len(sel.Endpoints) == 0 {
 			g.counts.NoEndpoints++
 			for _, ip := range ips {
-				g.noEndpoints = append(g.noEndpoints, NFTElement{Key: svcKey(ip, proto, port.Port), Comment: name})
+				add(nftNoEndpoints, NFTElement{Key: svcKey(ip, proto, port.Port), Comment: name})
 			}
 			continue
 		}
@@ -250,10 +283,10 @@ func (m *nftModel) render(svc *cluster.Service, old *nftGroup) *nftGroup {
 			g.picks = append(g.picks, [2]int{pi, n})
 			verdict := "goto " + pickChain(pi, n)
 			for _, ip := range ips {
-				g.serviceIPs = append(g.serviceIPs, NFTElement{Key: svcKey(ip, proto, port.Port), Value: verdict, Comment: name})
+				add(nftServiceIPs, NFTElement{Key: svcKey(ip, proto, port.Port), Value: verdict, Comment: name})
 				k := protoKeyElement(ip, port.Port)
 				for i, ep := range sel.Endpoints {
-					g.endpoints[pi] = append(g.endpoints[pi], NFTElement{Key: k + " . " + strconv.Itoa(i), Value: endpointValue(ep.AddrPort())})
+					add(indexName(nftEndpoints, i, pi), NFTElement{Key: k, Value: endpointValue(ep.AddrPort())})
 				}
 			}
 			continue
@@ -278,15 +311,16 @@ func (m *nftModel) render(svc *cluster.Service, old *nftGroup) *nftGroup {
 		g.affinity = append(g.affinity, [4]int{pi, len(pos), n, timeout})
 		verdict := "goto " + affinityChain(pi, len(pos), n, timeout)
 		for _, ip := range ips {
-			g.serviceIPs = append(g.serviceIPs, NFTElement{Key: svcKey(ip, proto, port.Port), Value: verdict, Comment: name})
+			add(nftServiceIPs, NFTElement{Key: svcKey(ip, proto, port.Port), Value: verdict, Comment: name})
 			k := protoKeyElement(ip, port.Port)
 			r := 0
 			for i, ap := range pos {
 				if !ap.IsValid() {
 					continue
 				}
-				g.endpoints[pi] = append(g.endpoints[pi], NFTElement{Key: k + " . " + strconv.Itoa(i), Value: endpointValue(ap)})
-				g.slots[pi] = append(g.slots[pi], NFTElement{Key: k + " . " + strconv.Itoa(r), Value: "goto " + affinityPosChain(pi, timeout, i)})
+				add(indexName(nftEndpoints, i, pi), NFTElement{Key: k, Value: endpointValue(ap)})
+				add(indexName(nftAffinityHeld, i, pi), NFTElement{Key: k})
+				add(indexName(nftAffinitySlots, r, pi), NFTElement{Key: k, Value: "goto " + affinityPosChain(pi, timeout, i)})
 				r++
 			}
 		}
@@ -419,25 +453,11 @@ func (m *nftModel) remove(k cluster.ServiceKey) {
 }
 
 func (g *nftGroup) size() int {
-	n := len(g.serviceIPs) + len(g.noEndpoints)
-	for p := range nftProtoCount {
-		n += len(g.endpoints[p]) + len(g.slots[p])
+	n := 0
+	for _, els := range g.elements {
+		n += len(els)
 	}
 	return n
-}
-
-func (g *nftGroup) set(i int) []NFTElement {
-	switch {
-	case i == nftSetServiceIPs:
-		return g.serviceIPs
-	case i >= nftSetEndpoints && i < nftSetEndpoints+nftProtoCount:
-		return g.endpoints[i-nftSetEndpoints]
-	case i >= nftSetSlots && i < nftSetSlots+nftProtoCount:
-		return g.slots[i-nftSetSlots]
-	case i == nftSetNoEndpoints:
-		return g.noEndpoints
-	}
-	return nil
 }
 
 func (m *nftModel) sumCounts(c *NFTRenderStats, sign int) {
@@ -455,35 +475,72 @@ func (m *nftModel) chains() []NFTChain {
 	fam := m.famWord
 	out := slices.Clone(m.static[:5])
 	regular := slices.Clone(m.static[5:])
+	var markRule []string
+	if m.opts.Masquerade {
+		markRule = []string{"jump " + nftMarkMasq}
+	}
+	// pickRule sends to chain base-R-PROTO, R random below n.
+	pickRule := func(base string, p, n int) string {
+		if n == 1 {
+			return "goto " + indexName(base, 0, p)
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "numgen random mod %d vmap { ", n)
+		for r := range n {
+			if r > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "%d : goto %s", r, indexName(base, r, p))
+		}
+		b.WriteString(" }")
+		return b.String()
+	}
 	for pn := range m.picks {
 		p, n := pn[0], pn[1]
-		regular = append(regular, NFTChain{Name: pickChain(p, n), Rules: []string{
-			"dnat " + fam + " to " + m.protoKey(p) + " . numgen random mod " + strconv.Itoa(n) + " map @" + protoName(nftEndpoints, p),
-		}})
+		regular = append(regular, NFTChain{Name: pickChain(p, n), Rules: append(slices.Clone(markRule), pickRule(nftEndpointChain, p, n))})
 	}
 	for a := range m.affinity {
 		p, c, n, t := a[0], a[1], a[2], a[3]
 		key := m.protoKey(p)
-		rules := make([]string, 0, c+1)
+		rules := make([]string, 0, c+2)
+		rules = append(rules, markRule...)
 		for i := range c {
 			// A client recorded for position i goes there again, as long
 			// as an endpoint holds it.
-			rules = append(rules, fmt.Sprintf("%s saddr . %s . %s @%s %s . %s @%s goto %s",
-				fam, key, fixedIndex(i), protoName(nftAffinity, p), key, fixedIndex(i), protoName(nftEndpoints, p), affinityPosChain(p, t, i)))
+			rules = append(rules, fmt.Sprintf("%s saddr . %s @%s %s @%s goto %s",
+				fam, key, indexName(nftAffinityClients, i, p), key, indexName(nftAffinityHeld, i, p), affinityPosChain(p, t, i)))
 		}
-		rules = append(rules, fmt.Sprintf("%s . numgen random mod %d vmap @%s", key, n, protoName(nftAffinitySlots, p)))
+		rules = append(rules, pickRule(nftAffinitySlotChain, p, n))
 		regular = append(regular, NFTChain{Name: affinityChain(p, c, n, t), Rules: rules})
 	}
 	for pti := range m.posChains {
 		p, t, i := pti[0], pti[1], pti[2]
 		key := m.protoKey(p)
 		regular = append(regular, NFTChain{Name: affinityPosChain(p, t, i), Rules: []string{
-			fmt.Sprintf("update @%s { %s saddr . %s . %s timeout %ds }", protoName(nftAffinity, p), fam, key, fixedIndex(i), t),
-			fmt.Sprintf("dnat %s to %s . %s map @%s", fam, key, fixedIndex(i), protoName(nftEndpoints, p)),
+			fmt.Sprintf("update @%s { %s saddr . %s timeout %ds }", indexName(nftAffinityClients, i, p), fam, key, t),
+			m.dnatRule(p, i),
 		}})
+	}
+	picks, _, slots := m.indexCounts()
+	for p := range nftProtoCount {
+		for r := range picks[p] {
+			regular = append(regular, NFTChain{Name: indexName(nftEndpointChain, r, p), Rules: []string{m.dnatRule(p, r)}})
+		}
+		for r := range slots[p] {
+			regular = append(regular, NFTChain{Name: indexName(nftAffinitySlotChain, r, p), Rules: []string{
+				m.protoKey(p) + " vmap @" + indexName(nftAffinitySlots, r, p),
+			}})
+		}
 	}
 	slices.SortFunc(regular, func(a, b NFTChain) int { return compareChainNames(a.Name, b.Name) })
 	return append(out, regular...)
+}
+
+// dnatRule DNATs to the endpoint at index i of the destination Service
+// port. "addr . port to" is the form nft 0.9.8 parses (later versions list
+// it as "dnat ip to ...").
+func (m *nftModel) dnatRule(p, i int) string {
+	return "dnat " + m.famWord + " addr . port to " + m.protoKey(p) + " map @" + indexName(nftEndpoints, i, p)
 }
 
 func compareServiceKeys(a, b cluster.ServiceKey) int {
@@ -503,21 +560,26 @@ func (m *nftModel) ruleset() *NFTRuleset {
 		keys = append(keys, k)
 	}
 	slices.SortFunc(keys, compareServiceKeys)
-	rs := &NFTRuleset{Family: m.fam, Chains: m.chains(), Sets: slices.Clone(m.sets)}
-	sizes := make([]int, nftSetCount)
+	rs := &NFTRuleset{Family: m.fam, Chains: m.chains(), Sets: m.setDecls()}
+	index := make(map[string]int, len(rs.Sets))
+	for i := range rs.Sets {
+		index[rs.Sets[i].Name] = i
+	}
+	sizes := make([]int, len(rs.Sets))
 	for _, k := range keys {
-		g := m.groups[k]
-		for i := range nftSetHairpin {
-			sizes[i] += len(g.set(i))
+		for name, els := range m.groups[k].elements {
+			sizes[index[name]] += len(els)
 		}
 	}
-	for i := range nftSetHairpin {
-		rs.Sets[i].Elements = make([]NFTElement, 0, sizes[i])
+	for i := range rs.Sets {
+		if sizes[i] > 0 {
+			rs.Sets[i].Elements = make([]NFTElement, 0, sizes[i])
+		}
 	}
 	for _, k := range keys {
-		g := m.groups[k]
-		for i := range nftSetHairpin {
-			rs.Sets[i].Elements = append(rs.Sets[i].Elements, g.set(i)...)
+		for name, els := range m.groups[k].elements {
+			i := index[name]
+			rs.Sets[i].Elements = append(rs.Sets[i].Elements, els...)
 		}
 	}
 	hairpins := make([]NFTElement, 0, len(m.hairpin))
@@ -525,7 +587,7 @@ func (m *nftModel) ruleset() *NFTRuleset {
 		hairpins = append(hairpins, hairpinElement(a))
 	}
 	slices.SortFunc(hairpins, func(a, b NFTElement) int { return strings.Compare(a.Key, b.Key) })
-	rs.Sets[nftSetHairpin].Elements = hairpins
+	rs.Sets[index[nftHairpin]].Elements = hairpins
 	return rs
 }
 
@@ -590,7 +652,7 @@ func changedServices(prev, next *cluster.Snapshot) []cluster.ServiceKey {
 
 // nftPatch is the element changes of one patch, by set.
 type nftPatch struct {
-	del, add [nftSetCount][]NFTElement
+	del, add map[string][]NFTElement
 	// local lists the changed Services asking for internalTrafficPolicy: Local.
 	local []cluster.ServiceKey
 }
@@ -599,7 +661,7 @@ type nftPatch struct {
 // rendering only the given keys (changedServices), and returns the element
 // changes.
 func (m *nftModel) patch(next *cluster.Snapshot, keys []cluster.ServiceKey) *nftPatch {
-	p := &nftPatch{}
+	p := &nftPatch{del: map[string][]NFTElement{}, add: map[string][]NFTElement{}}
 	hairpinBefore := map[netip.Addr]int{}
 	for _, k := range keys {
 		old := m.groups[k]
@@ -628,27 +690,34 @@ func (m *nftModel) patch(next *cluster.Snapshot, keys []cluster.ServiceKey) *nft
 				p.local = append(p.local, k)
 			}
 		}
-		for i := range nftSetHairpin {
-			var o, n []NFTElement
-			if old != nil {
-				o = old.set(i)
+		var oldEls, newEls map[string][]NFTElement
+		if old != nil {
+			oldEls = old.elements
+		}
+		if g != nil {
+			newEls = g.elements
+		}
+		for name, o := range oldEls {
+			d, a := p.del[name], p.add[name]
+			elementDelta(o, newEls[name], &d, &a)
+			p.del[name], p.add[name] = d, a
+		}
+		for name, n := range newEls {
+			if _, ok := oldEls[name]; !ok {
+				p.add[name] = append(p.add[name], n...)
 			}
-			if g != nil {
-				n = g.set(i)
-			}
-			elementDelta(o, n, &p.del[i], &p.add[i])
 		}
 	}
 	for a, before := range hairpinBefore {
 		switch after := m.hairpin[a]; {
 		case before == 0 && after > 0:
-			p.add[nftSetHairpin] = append(p.add[nftSetHairpin], hairpinElement(a))
+			p.add[nftHairpin] = append(p.add[nftHairpin], hairpinElement(a))
 		case before > 0 && after == 0:
-			p.del[nftSetHairpin] = append(p.del[nftSetHairpin], hairpinElement(a))
+			p.del[nftHairpin] = append(p.del[nftHairpin], hairpinElement(a))
 		}
 	}
 	byKey := func(a, b NFTElement) int { return strings.Compare(a.Key, b.Key) }
-	slices.SortFunc(p.add[nftSetHairpin], byKey)
+	slices.SortFunc(p.add[nftHairpin], byKey)
 	for i := range p.del {
 		slices.SortFunc(p.del[i], byKey)
 	}

@@ -197,15 +197,21 @@ func forEachMode(t *testing.T, ns string, test func(t *testing.T, m proxyMode, n
 
 // dnatTargets counts the endpoint translations the backend holds in the VM:
 // DNAT rules for iptables, elements of the endpoints maps (one per
-// protocol) for nftables.
+// protocol and endpoint index, endpoints-R-PROTO) for nftables.
 func (m proxyMode) dnatTargets(ctx context.Context, t *testing.T) int {
 	t.Helper()
 	if m.mode == "nftables" {
 		n := 0
 		for _, fam := range []string{"ip", "ip6"} {
-			for _, proto := range []string{"tcp", "udp", "sctp"} {
-				out := vmExec(ctx, t, "nft", "list", "map", fam, "bridge-agent", "endpoints-"+proto)
-				n += strings.Count(out, " : ")
+			inMap := false
+			for line := range strings.Lines(vmExec(ctx, t, "nft", "list", "table", fam, "bridge-agent")) {
+				line = strings.TrimSpace(line)
+				switch {
+				case strings.HasPrefix(line, "map "), strings.HasPrefix(line, "set "), strings.HasPrefix(line, "chain "):
+					inMap = strings.HasPrefix(line, "map endpoints-")
+				case inMap && !strings.HasPrefix(line, "type "):
+					n += strings.Count(line, " : ")
+				}
 			}
 		}
 		return n
