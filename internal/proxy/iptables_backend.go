@@ -332,7 +332,11 @@ func isMissingChain(err error) bool {
 }
 
 // CleanupIPTables removes every chain and jump of ours, in both variants and
-// both families, and nothing else. Tools that are not installed are skipped.
+// both families, and nothing else. Tools that are not installed are skipped,
+// and so is every table that does not exist: a table is never created to
+// look into it (see existingTables). The nat and filter tables themselves
+// stay, even when the agent's restore created them: a legacy table cannot
+// be removed from user space, and an empty one changes nothing.
 func CleanupIPTables(ctx context.Context) error {
 	var errs []error
 	for _, v := range []Variant{VariantLegacy, VariantNFT} {
@@ -349,32 +353,47 @@ func CleanupIPTables(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// cleanupFamily deletes our jumps and chains from the tables that exist and
+// hold chains of ours. A jump of ours cannot exist without its target
+// chain, so a table without our chains is left untouched.
 func cleanupFamily(ctx context.Context, x xtables, fam Family) error {
+	tables, err := x.Tables(ctx, fam)
+	if err != nil {
+		return err
+	}
+	ours := map[string][]string{}
+	for _, table := range []string{"nat", "filter"} {
+		if !slices.Contains(tables, table) {
+			continue
+		}
+		chains, err := x.Chains(ctx, fam, table)
+		if err != nil {
+			return err
+		}
+		for _, c := range chains {
+			if strings.HasPrefix(c, ChainPrefix) {
+				ours[table] = append(ours[table], c)
+			}
+		}
+	}
 	for _, j := range IPTablesJumps() {
+		if len(ours[j.Table]) == 0 {
+			continue
+		}
 		if err := x.DeleteJump(fam, j); err != nil && !isMissingChain(err) {
 			return err
 		}
 	}
 	var payload bytes.Buffer
 	for _, table := range []string{"nat", "filter"} {
-		chains, err := x.Chains(ctx, fam, table)
-		if err != nil {
-			return err
-		}
-		var ours []string
-		for _, c := range chains {
-			if strings.HasPrefix(c, ChainPrefix) {
-				ours = append(ours, c)
-			}
-		}
-		if len(ours) == 0 {
+		if len(ours[table]) == 0 {
 			continue
 		}
 		fmt.Fprintf(&payload, "*%s\n", table)
-		for _, c := range ours {
+		for _, c := range ours[table] {
 			fmt.Fprintf(&payload, ":%s - [0:0]\n", c)
 		}
-		for _, c := range ours {
+		for _, c := range ours[table] {
 			fmt.Fprintf(&payload, "-X %s\n", c)
 		}
 		payload.WriteString("COMMIT\n")

@@ -1,0 +1,162 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/bridge-agent/bridge-agent/internal/cluster"
+)
+
+// legacyTraceChild names the run of the agent's code that
+// TestNoLegacyTablesLeft starts inside a fresh network namespace.
+const legacyTraceChild = "BRIDGE_AGENT_TEST_LEGACY_TRACE"
+
+// TestNoLegacyTablesLeft: on a host without iptables-legacy tables, the
+// agent's mode detection, a sync, the removal of the other backend's rules
+// after it, and cleanup leave no legacy table behind, in either family:
+// iptables-legacy-save and ip6tables-legacy-save print nothing. Legacy
+// tables, like /proc/net/ip_tables_names that lists them, belong to a
+// network namespace, so a fresh one is a host that has none; the agent's
+// code runs in it as this test binary started with "ip netns exec".
+func TestNoLegacyTablesLeft(t *testing.T) {
+	if mode := os.Getenv(legacyTraceChild); mode != "" {
+		legacyTraceRun(t, mode)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: requires root to create network namespaces")
+	}
+	for _, tool := range []string{"ip", "nft", "iptables-legacy-save", "ip6tables-legacy-save", "iptables-nft-save"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("skipping: %s is not installed: %v", tool, err)
+		}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The facts the fix stands on: legacy tables and their list are per
+	// network namespace, and naming a legacy table creates it.
+	a, b := testNetns(t), testNetns(t)
+	if got := nsRun(t, a, "cat", "/proc/net/ip_tables_names"); got != "" {
+		t.Fatalf("fresh netns lists legacy tables %q", got)
+	}
+	nsRun(t, a, "iptables-legacy-save", "-t", "nat")
+	if got := nsRun(t, a, "cat", "/proc/net/ip_tables_names"); got != "nat" {
+		t.Fatalf("after iptables-legacy-save -t nat the netns lists %q, want nat (the tool creates the table it names)", got)
+	}
+	if got := nsRun(t, b, "cat", "/proc/net/ip_tables_names"); got != "" {
+		t.Fatalf("another netns lists %q: the list is not per network namespace", got)
+	}
+
+	for _, mode := range []string{"nftables", "iptables"} {
+		t.Run(mode, func(t *testing.T) {
+			ns := testNetns(t)
+			cmd := exec.Command("ip", "netns", "exec", ns, exe, "-test.run", "^TestNoLegacyTablesLeft$", "-test.v", "-test.count=1")
+			cmd.Env = append(os.Environ(), legacyTraceChild+"="+mode, "XTABLES_LOCKFILE="+t.TempDir()+"/xtables.lock")
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("agent run in %s: %v\n%s", ns, err, out)
+			}
+			t.Logf("agent run in %s:\n%s", ns, out)
+			for _, save := range []string{"iptables-legacy-save", "ip6tables-legacy-save"} {
+				if got := nsRun(t, ns, save); got != "" {
+					t.Errorf("%s after a %s run and cleanup prints:\n%s", save, mode, got)
+				}
+			}
+			for _, f := range []string{"/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"} {
+				if got := nsRun(t, ns, "cat", f); got != "" {
+					t.Errorf("%s lists %q after a %s run and cleanup", f, got, mode)
+				}
+			}
+			if got := nsRun(t, ns, "nft", "list", "tables"); strings.Contains(got, "bridge-agent") {
+				t.Errorf("nft tables of ours left after cleanup:\n%s", got)
+			}
+		})
+	}
+}
+
+// legacyTraceRun is the agent's side, run inside the namespace: what
+// "bridge-agent run" does with proxy.mode auto (nftables) or iptables with
+// iptablesVariant auto, up to the first sync and the removal of the other
+// backend's rules, then what "bridge-agent cleanup" does.
+func legacyTraceRun(t *testing.T, mode string) {
+	ctx := context.Background()
+	snap := snapshot(testServices()...)
+	var p interface {
+		Sync(context.Context, *cluster.Snapshot) error
+	}
+	var other func(context.Context) error
+	switch mode {
+	case "nftables":
+		backend, reason := ChooseBackend(ctx)
+		t.Logf("mode auto: %s (%s)", backend, reason)
+		if backend != BackendNFTables {
+			t.Fatalf("mode auto chose %s in a namespace without rules: %s", backend, reason)
+		}
+		n, err := NewNFTables(ctx, NFTablesOptions{Masquerade: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, other = n, CleanupIPTables
+	case "iptables":
+		v, err := DetectVariant(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("iptablesVariant auto: %s", v)
+		if v != VariantNFT {
+			t.Fatalf("iptablesVariant auto chose %s in a namespace without rules", v)
+		}
+		ipt, err := NewIPTables(ctx, IPTablesOptions{Variant: v, Masquerade: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, other = ipt, CleanupNFTables
+	default:
+		t.Fatalf("unknown mode %q", mode)
+	}
+	if err := p.Sync(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := other(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := CleanupIPTables(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := CleanupNFTables(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testNetns creates a network namespace that the test deletes when it ends.
+func testNetns(t testing.TB) string {
+	t.Helper()
+	name := fmt.Sprintf("bapx-%d-%d", os.Getpid(), iptNetnsSeq.Add(1))
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("create netns %s: %v: %s", name, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("delete netns %s: %v: %s", name, err, out)
+		}
+	})
+	return name
+}
+
+// nsRun runs a command in a network namespace and returns its output,
+// trimmed.
+func nsRun(t *testing.T, ns string, argv ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...).Output()
+	if err != nil {
+		t.Fatalf("%s in %s: %v", strings.Join(argv, " "), ns, err)
+	}
+	return strings.TrimSpace(string(out))
+}
