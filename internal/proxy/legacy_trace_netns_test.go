@@ -15,10 +15,15 @@ import (
 // TestNoLegacyTablesLeft starts inside a fresh network namespace.
 const legacyTraceChild = "BRIDGE_AGENT_TEST_LEGACY_TRACE"
 
+// legacyTraceState is the state directory of that run.
+const legacyTraceState = "BRIDGE_AGENT_TEST_LEGACY_TRACE_STATE"
+
 // TestNoLegacyTablesLeft: on a host without iptables-legacy tables, the
 // agent's mode detection, a sync, the removal of the other backend's rules
 // after it, and cleanup leave no legacy table behind, in either family:
-// iptables-legacy-save and ip6tables-legacy-save print nothing. Legacy
+// iptables-legacy-save and ip6tables-legacy-save print nothing. In
+// iptables-nft mode the nftables tables its writes created go as well,
+// except one that someone else's rule went into. Legacy
 // tables, like /proc/net/ip_tables_names that lists them, belong to a
 // network namespace, so a fresh one is a host that has none; the agent's
 // code runs in it as this test binary started with "ip netns exec".
@@ -54,11 +59,12 @@ func TestNoLegacyTablesLeft(t *testing.T) {
 		t.Fatalf("another netns lists %q: the list is not per network namespace", got)
 	}
 
-	for _, mode := range []string{"nftables", "iptables"} {
+	for _, mode := range []string{"nftables", "iptables", "iptables-foreign"} {
 		t.Run(mode, func(t *testing.T) {
 			ns := testNetns(t)
 			cmd := exec.Command("ip", "netns", "exec", ns, exe, "-test.run", "^TestNoLegacyTablesLeft$", "-test.v", "-test.count=1")
-			cmd.Env = append(os.Environ(), legacyTraceChild+"="+mode, "XTABLES_LOCKFILE="+t.TempDir()+"/xtables.lock")
+			cmd.Env = append(os.Environ(), legacyTraceChild+"="+mode, "XTABLES_LOCKFILE="+t.TempDir()+"/xtables.lock",
+				legacyTraceState+"="+t.TempDir())
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				t.Fatalf("agent run in %s: %v\n%s", ns, err, out)
@@ -74,8 +80,19 @@ func TestNoLegacyTablesLeft(t *testing.T) {
 					t.Errorf("%s lists %q after a %s run and cleanup", f, got, mode)
 				}
 			}
-			if got := nsRun(t, ns, "nft", "list", "tables"); strings.Contains(got, "bridge-agent") {
-				t.Errorf("nft tables of ours left after cleanup:\n%s", got)
+			// The iptables-nft tables the agent created go too, unless
+			// someone else put something in them.
+			want := ""
+			if mode == "iptables-foreign" {
+				want = "table ip filter"
+			}
+			if got := nsRun(t, ns, "nft", "list", "tables"); got != want {
+				t.Errorf("nft tables after a %s run and cleanup:\n%s\nwant %q", mode, got, want)
+			}
+			if mode == "iptables-foreign" {
+				if got := nsRun(t, ns, "iptables-nft-save", "-t", "filter"); !strings.Contains(got, "-A INPUT -p tcp -m tcp --dport 2222 -j ACCEPT") {
+					t.Errorf("the foreign rule is gone:\n%s", got)
+				}
 			}
 		})
 	}
@@ -88,6 +105,7 @@ func TestNoLegacyTablesLeft(t *testing.T) {
 func legacyTraceRun(t *testing.T, mode string) {
 	ctx := context.Background()
 	snap := snapshot(testServices()...)
+	stateDir := os.Getenv(legacyTraceState)
 	var p interface {
 		Sync(context.Context, *cluster.Snapshot) error
 	}
@@ -103,8 +121,13 @@ func legacyTraceRun(t *testing.T, mode string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, other = n, CleanupIPTables
-	case "iptables":
+		p, other = n, func(ctx context.Context) error {
+			if err := CleanupIPTables(ctx); err != nil {
+				return err
+			}
+			return RemoveCreatedTables(ctx, stateDir)
+		}
+	case "iptables", "iptables-foreign":
 		v, err := DetectVariant(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -113,7 +136,7 @@ func legacyTraceRun(t *testing.T, mode string) {
 		if v != VariantNFT {
 			t.Fatalf("iptablesVariant auto chose %s in a namespace without rules", v)
 		}
-		ipt, err := NewIPTables(ctx, IPTablesOptions{Variant: v, Masquerade: true})
+		ipt, err := NewIPTables(ctx, IPTablesOptions{Variant: v, Masquerade: true, CreatedTables: CreatedTablesFile(stateDir)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -127,7 +150,16 @@ func legacyTraceRun(t *testing.T, mode string) {
 	if err := other(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if mode == "iptables-foreign" {
+		// Someone else's rule in a table the agent created.
+		if out, err := exec.Command("iptables-nft", "-A", "INPUT", "-p", "tcp", "--dport", "2222", "-j", "ACCEPT").CombinedOutput(); err != nil {
+			t.Fatalf("foreign rule: %v: %s", err, out)
+		}
+	}
 	if err := CleanupIPTables(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveCreatedTables(ctx, stateDir); err != nil {
 		t.Fatal(err)
 	}
 	if err := CleanupNFTables(ctx); err != nil {
