@@ -204,14 +204,15 @@ func saveExisting(ctx context.Context, fam Family, v Variant) []byte {
 	if _, err := exec.LookPath(tool); err != nil {
 		return nil
 	}
-	run := func(ctx context.Context, tool string) ([]byte, error) { return runTool(ctx, nil, tool) }
-	tables, err := existingTables(ctx, fam, v, os.ReadFile, run)
-	if err != nil || len(tables) == 0 {
-		return nil
+	if v == VariantLegacy {
+		tables, err := existingTables(ctx, fam, v, os.ReadFile, nil)
+		if err != nil || len(tables) == 0 {
+			return nil
+		}
 	}
-	// Without -t, iptables-save dumps the tables the kernel lists, which
-	// now exist: it creates none.
-	out, err := run(ctx, tool)
+	// Without -t, iptables-legacy-save dumps the tables the kernel lists,
+	// which exist; iptables-nft-save creates none either.
+	out, err := runTool(ctx, nil, tool)
 	if err != nil {
 		return nil
 	}
