@@ -45,6 +45,12 @@ func cleanupCmd(args []string, stdout, stderr io.Writer) int {
 		fail(err)
 	} else {
 		fmt.Fprintln(stdout, "removed iptables chains and jumps of ours (legacy and nft, IPv4 and IPv6)")
+		if err := proxy.RemoveCreatedTables(context.Background(), cfg.HostPath(cfg.StateDir)); err != nil {
+			fmt.Fprintf(stderr, "bridge-agent: cleanup: %v\n", err)
+			failed = true
+		} else {
+			fmt.Fprintln(stdout, "removed the iptables-nft tables the agent created, where nothing else is in them")
+		}
 	}
 	if err := proxy.CleanupNFTables(context.Background()); err != nil {
 		fail(err)

@@ -158,7 +158,14 @@ func newProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (proxyB
 			return nil, err
 		}
 		log.Info("proxy: nftables")
-		return &cleaningProxy{proxyBackend: p, other: "iptables", cleanup: proxy.CleanupIPTables, log: log, modeReason: reason}, nil
+		stateDir := cfg.HostPath(cfg.StateDir)
+		cleanup := func(ctx context.Context) error {
+			if err := proxy.CleanupIPTables(ctx); err != nil {
+				return err
+			}
+			return proxy.RemoveCreatedTables(ctx, stateDir)
+		}
+		return &cleaningProxy{proxyBackend: p, other: "iptables", cleanup: cleanup, log: log, modeReason: reason}, nil
 	default:
 		variant := proxy.Variant(cfg.Proxy.IPTablesVariant)
 		if variant == "auto" {
@@ -166,6 +173,7 @@ func newProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (proxyB
 		}
 		p, err := proxy.NewIPTables(ctx, proxy.IPTablesOptions{
 			Variant:        variant,
+			CreatedTables:  proxy.CreatedTablesFile(cfg.HostPath(cfg.StateDir)),
 			Masquerade:     masquerade(cfg),
 			FullSyncPeriod: max(time.Hour, cfg.Proxy.SyncPeriod.Duration),
 			CheckPeriod:    cfg.Proxy.SyncPeriod.Duration,

@@ -17,7 +17,10 @@
 //   - _<port>._<proto>.<svc>.<ns>.svc.<domain> SRV for named ports (and the
 //     Service name itself for all ports, as CoreDNS does); targets are the
 //     Service name (ClusterIP) or the endpoint names (headless), and the
-//     additional section carries the targets' addresses.
+//     additional section carries the targets' addresses. Ports sharing a
+//     number on two protocols (kube-dns's 53/UDP and 53/TCP) make one SRV
+//     record at the Service name: no RRset holds a record twice (RFC 2181
+//     section 5), in any section.
 //   - ExternalName Services are a CNAME, followed (bounded, loop-safe) by the
 //     target's records when we can answer or forward them.
 //   - PTR for ClusterIPs and endpoint addresses; dns-version.<domain> TXT

@@ -128,6 +128,25 @@ func (c qcase) check(t *testing.T, m *dns.Msg) {
 			t.Errorf("%s %s %s section (-want +got):\n%s", c.Qname, dns.TypeToString[c.Qtype], s.name, diff)
 		}
 	}
+	checkNoDuplicates(t, c.Qname+" "+dns.TypeToString[c.Qtype], m)
+}
+
+// checkNoDuplicates fails when a section of m holds the same record twice
+// (same owner, ignoring case, class, type and data; RFC 2181 section 5).
+func checkNoDuplicates(t *testing.T, what string, m *dns.Msg) {
+	t.Helper()
+	for _, sec := range []struct {
+		name string
+		rrs  []dns.RR
+	}{{"answer", m.Answer}, {"authority", m.Ns}, {"additional", m.Extra}} {
+		for i, a := range sec.rrs {
+			for _, b := range sec.rrs[:i] {
+				if dns.IsDuplicate(a, b) {
+					t.Errorf("%s: %s section holds %q twice", what, sec.name, a.String())
+				}
+			}
+		}
+	}
 }
 
 // canon returns records as dns.RR.String prints them (owner case kept).

@@ -608,19 +608,49 @@ func srvName(p *cluster.Port, service string) string {
 	return "_" + strings.ToLower(p.Name) + "._" + strings.ToLower(p.Protocol) + "." + service
 }
 
-// setSRV sets the SRV records of name, weighted as CoreDNS does: one
-// priority, weights sharing 100.
+// setSRV adds recs to the SRV records of name, weighted as CoreDNS does:
+// one priority, weights sharing 100. A record already there (the same
+// port and target) is not added again: an RRset holds no duplicates (RFC
+// 2181 section 5), and a Service's ports with one number on two protocols
+// (kube-dns: 53/UDP and 53/TCP) make the same SRV record, as do two
+// Services whose names differ only in case.
 func (s *renderer) setSRV(name string, recs []srvRecord) {
 	if len(recs) == 0 {
 		return
 	}
-	w := uint16(100 / len(recs))
-	for i := range recs {
-		recs[i].weight = w
-	}
 	n := s.get(name)
-	n.srv = append(n.srv, recs...)
-	s.records += len(recs)
+	before := len(n.srv)
+	var seen map[srvKey]bool
+	if before+len(recs) > 16 {
+		seen = make(map[srvKey]bool, before+len(recs))
+		for _, r := range n.srv {
+			seen[srvKey{r.port, r.target}] = true
+		}
+	}
+	for _, r := range recs {
+		k := srvKey{r.port, r.target}
+		if seen != nil {
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+		} else if slices.ContainsFunc(n.srv, func(o srvRecord) bool { return o.port == k.port && o.target == k.target }) {
+			continue
+		}
+		n.srv = append(n.srv, r)
+	}
+	w := uint16(100 / len(n.srv))
+	for i := range n.srv {
+		n.srv[i].weight = w
+	}
+	s.records += len(n.srv) - before
+}
+
+// srvKey is what makes two SRV records of one name the same record: the
+// priority is always 0 and the weight follows from their number.
+type srvKey struct {
+	port   uint16
+	target string
 }
 
 // kubeDNSTargets returns the servers of kube-dns: its ready endpoints, with
@@ -686,6 +716,9 @@ func kubeDNSTargets(svc *cluster.Service) ([]kubeDNSTarget, []netip.Addr) {
 	var ips []netip.Addr
 	for _, ip := range svc.ClusterIPs {
 		ip = ip.Unmap()
+		if slices.Contains(ips, ip) {
+			continue // listed twice: one NS glue record, one server
+		}
 		ips = append(ips, ip)
 		out = append(out, kubeDNSTarget{UDP: netip.AddrPortFrom(ip, 53), TCP: netip.AddrPortFrom(ip, 53)})
 	}

@@ -109,6 +109,11 @@ func randomPorts(r *rand.Rand, headless []cluster.Endpoint) []*cluster.Port {
 	var ports []*cluster.Port
 	for i := range r.IntN(3) {
 		p := &cluster.Port{Port: int32(80 + i), Protocol: pick(r, []string{"TCP", "UDP"})}
+		if i > 0 && r.IntN(3) == 0 {
+			// The previous port's number on the other protocol, as
+			// kube-dns's 53/UDP and 53/TCP: the same SRV records.
+			p.Port, p.Protocol = ports[i-1].Port, map[string]string{"TCP": "UDP", "UDP": "TCP"}[ports[i-1].Protocol]
+		}
 		if r.IntN(3) != 0 {
 			p.Name = pick(r, []string{"http", "dns", "dns-tcp", "Metrics"})
 		}
@@ -287,7 +292,15 @@ func compareAnswers(t *testing.T, step int, want, got *zone) {
 	slices.Sort(names)
 	for _, name := range slices.Compact(names) {
 		for _, qtype := range []uint16{dns.TypeA, dns.TypeAAAA, dns.TypeSRV, dns.TypeTXT, dns.TypeCNAME, dns.TypeSOA, dns.TypeNS, dns.TypeANY, dns.TypeMX} {
-			w, g := answerText(want.lookup(name, name, apex, qtype)), answerText(got.lookup(name, name, apex, qtype))
+			ga := got.lookup(name, name, apex, qtype)
+			for _, sec := range [][]dns.RR{ga.answer, ga.ns, ga.extra} {
+				for i, rr := range sec {
+					if slices.ContainsFunc(sec[:i], func(o dns.RR) bool { return dns.IsDuplicate(o, rr) }) {
+						t.Fatalf("step %d: %s %s: %v twice in one section", step, name, dns.TypeToString[qtype], rr)
+					}
+				}
+			}
+			w, g := answerText(want.lookup(name, name, apex, qtype)), answerText(ga)
 			if w != g {
 				t.Fatalf("step %d: %s %s: updated zone answers\n%s\nfull build answers\n%s", step, name, dns.TypeToString[qtype], g, w)
 			}

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/bridge-agent/bridge-agent/internal/atomicfile"
 )
 
 // Host paths, always joined onto the host root before use.
@@ -145,6 +147,9 @@ func writeFileAtomic(p string, data []byte, perm fs.FileMode, uid, gid int) erro
 		}
 	}
 	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := atomicfile.KeepLabel(f, p); err != nil {
 		return err
 	}
 	if err := f.Close(); err != nil {

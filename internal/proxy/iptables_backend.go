@@ -36,7 +36,11 @@ type IPTablesOptions struct {
 	// flushed the built-in chains, makes that sync full (default 1
 	// minute; the daemon passes proxy.syncPeriod).
 	CheckPeriod time.Duration
-	Logger      *slog.Logger
+	// CreatedTables is the file (CreatedTablesFile of the state directory)
+	// recording the iptables-nft tables the agent's writes create, which
+	// RemoveCreatedTables deletes again; empty records nothing.
+	CreatedTables string
+	Logger        *slog.Logger
 }
 
 // IPTables is the iptables backend: a consumer of cluster snapshots that
@@ -53,6 +57,8 @@ type IPTables struct {
 	applied map[Family]*appliedState
 	// checked is when the jumps of each family were last checked.
 	checked map[Family]time.Time
+	// noted tells the families whose missing tables were recorded.
+	noted map[Family]bool
 
 	mu      sync.Mutex // guards stats and written, read by Status concurrently with Sync
 	stats   map[Family]RenderStats
@@ -103,8 +109,8 @@ func newIPTables(o IPTablesOptions, x xtables, ct conntrackCleaner) *IPTables {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &IPTables{
-		checked: map[Family]time.Time{},
-		opts:    o, x: x, conntrack: ct, log: o.Logger, now: time.Now, metrics: newProxyMetrics(),
+		checked: map[Family]time.Time{}, noted: map[Family]bool{},
+		opts: o, x: x, conntrack: ct, log: o.Logger, now: time.Now, metrics: newProxyMetrics(),
 		applied: map[Family]*appliedState{},
 		stats:   map[Family]RenderStats{},
 		written: map[Family]time.Time{},
@@ -167,6 +173,9 @@ func (p *IPTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 		return p.partialSync(ctx, snap, fam, last)
 	}
 
+	if err := p.noteCreatedTables(ctx, fam); err != nil {
+		return err
+	}
 	var missing []Jump
 	for _, j := range IPTablesJumps() {
 		ok, err := p.x.JumpExists(fam, j)
@@ -335,7 +344,10 @@ func isMissingChain(err error) bool {
 }
 
 // CleanupIPTables removes every chain and jump of ours, in both variants and
-// both families, and nothing else. Tools that are not installed are skipped.
+// both families, and nothing else. Tools that are not installed are skipped,
+// and so is every table that does not exist: a table is never created to
+// look into it (see existingTables). The tables themselves stay: see
+// RemoveCreatedTables for the iptables-nft ones the agent created.
 func CleanupIPTables(ctx context.Context) error {
 	var errs []error
 	for _, v := range []Variant{VariantLegacy, VariantNFT} {
@@ -352,32 +364,47 @@ func CleanupIPTables(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// cleanupFamily deletes our jumps and chains from the tables that exist and
+// hold chains of ours. A jump of ours cannot exist without its target
+// chain, so a table without our chains is left untouched.
 func cleanupFamily(ctx context.Context, x xtables, fam Family) error {
+	tables, err := x.Tables(ctx, fam)
+	if err != nil {
+		return err
+	}
+	ours := map[string][]string{}
+	for _, table := range []string{"nat", "filter"} {
+		if !slices.Contains(tables, table) {
+			continue
+		}
+		chains, err := x.Chains(ctx, fam, table)
+		if err != nil {
+			return err
+		}
+		for _, c := range chains {
+			if strings.HasPrefix(c, ChainPrefix) {
+				ours[table] = append(ours[table], c)
+			}
+		}
+	}
 	for _, j := range IPTablesJumps() {
+		if len(ours[j.Table]) == 0 {
+			continue
+		}
 		if err := x.DeleteJump(fam, j); err != nil && !isMissingChain(err) {
 			return err
 		}
 	}
 	var payload bytes.Buffer
 	for _, table := range []string{"nat", "filter"} {
-		chains, err := x.Chains(ctx, fam, table)
-		if err != nil {
-			return err
-		}
-		var ours []string
-		for _, c := range chains {
-			if strings.HasPrefix(c, ChainPrefix) {
-				ours = append(ours, c)
-			}
-		}
-		if len(ours) == 0 {
+		if len(ours[table]) == 0 {
 			continue
 		}
 		fmt.Fprintf(&payload, "*%s\n", table)
-		for _, c := range ours {
+		for _, c := range ours[table] {
 			fmt.Fprintf(&payload, ":%s - [0:0]\n", c)
 		}
-		for _, c := range ours {
+		for _, c := range ours[table] {
 			fmt.Fprintf(&payload, "-X %s\n", c)
 		}
 		payload.WriteString("COMMIT\n")

@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"os/exec"
 	"strings"
 	"time"
@@ -32,6 +34,9 @@ const lockWait = 15 * time.Second
 // xtables runs the iptables tools of one variant. Only these operations are
 // used by the backend; tests of the sync logic replace it.
 type xtables interface {
+	// Tables lists the tables that exist in one family, found without
+	// creating any (see existingTables).
+	Tables(ctx context.Context, fam Family) ([]string, error)
 	// Chains lists the chain names of one table (from iptables-save).
 	Chains(ctx context.Context, fam Family, table string) ([]string, error)
 	// Restore feeds payload to iptables-restore --noflush, atomically per table.
@@ -78,6 +83,61 @@ func newExecXtables(v Variant, fams []Family) (*execXtables, error) {
 		x.ipt[fam] = ipt
 	}
 	return x, nil
+}
+
+func (x *execXtables) Tables(ctx context.Context, fam Family) ([]string, error) {
+	return existingTables(ctx, fam, x.variant, os.ReadFile, func(ctx context.Context, tool string) ([]byte, error) {
+		return runTool(ctx, nil, tool)
+	})
+}
+
+// procTablesNames is the kernel's list of the legacy (x_tables) tables
+// that exist in this network namespace, per family.
+func procTablesNames(fam Family) string {
+	if fam == IPv6 {
+		return "/proc/net/ip6_tables_names"
+	}
+	return "/proc/net/ip_tables_names"
+}
+
+// existingTables lists the tables of one variant and family that exist,
+// without creating any. Listing a legacy table by name creates it:
+// "iptables-legacy -t nat -S", "iptables-legacy-save -t nat", even a
+// check or delete of a rule instantiate it in the network namespace (and
+// load the module), and a legacy table cannot be removed again from user
+// space; from then on every iptables-nft command on the host warns
+// "iptables-legacy tables present". So the legacy tables are read from
+// /proc/net/ip_tables_names (ip6_tables_names), which lists only the tables
+// that exist; a missing file means the legacy module is not even loaded
+// and no legacy table exists. iptables-nft-save without -t prints only the
+// tables that exist and creates none.
+func existingTables(ctx context.Context, fam Family, v Variant, readFile func(string) ([]byte, error), save func(ctx context.Context, tool string) ([]byte, error)) ([]string, error) {
+	if v == VariantLegacy {
+		b, err := readFile(procTablesNames(fam))
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list legacy tables: %w", err)
+		}
+		return strings.Fields(string(b)), nil
+	}
+	out, err := save(ctx, toolName(fam, v, "-save"))
+	if err != nil {
+		return nil, err
+	}
+	return parseTables(out), nil
+}
+
+// parseTables returns the table names ("*nat") in iptables-save output.
+func parseTables(save []byte) []string {
+	var out []string
+	for line := range strings.SplitSeq(string(save), "\n") {
+		if name, ok := strings.CutPrefix(line, "*"); ok {
+			out = append(out, strings.TrimSpace(name))
+		}
+	}
+	return out
 }
 
 func (x *execXtables) Chains(ctx context.Context, fam Family, table string) ([]string, error) {
@@ -136,6 +196,29 @@ func parseChains(save []byte) []string {
 	return out
 }
 
+// saveExisting returns iptables-save of every table of one variant and
+// family that exists, creating none; nothing when there is none or the
+// tools fail.
+func saveExisting(ctx context.Context, fam Family, v Variant) []byte {
+	tool := toolName(fam, v, "-save")
+	if _, err := exec.LookPath(tool); err != nil {
+		return nil
+	}
+	if v == VariantLegacy {
+		tables, err := existingTables(ctx, fam, v, os.ReadFile, nil)
+		if err != nil || len(tables) == 0 {
+			return nil
+		}
+	}
+	// Without -t, iptables-legacy-save dumps the tables the kernel lists,
+	// which exist; iptables-nft-save creates none either.
+	out, err := runTool(ctx, nil, tool)
+	if err != nil {
+		return nil
+	}
+	return out
+}
+
 // DetectVariant picks the iptables variant this host uses: the one that
 // already holds our chains (a restarted agent stays where it was), else the
 // one holding more rules of others (so ours sit beside theirs), else nft,
@@ -153,10 +236,7 @@ func DetectVariant(ctx context.Context) (Variant, error) {
 		}
 		var all []byte
 		for _, fam := range []Family{IPv4, IPv6} {
-			out, err := runTool(ctx, nil, toolName(fam, v, "-save"))
-			if err == nil {
-				all = append(all, out...)
-			}
+			all = append(all, saveExisting(ctx, fam, v)...)
 		}
 		looks = append(looks, look{v: v, save: all, found: true})
 	}

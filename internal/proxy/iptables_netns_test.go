@@ -32,15 +32,7 @@ func iptNetns(tb testing.TB, v Variant) *netnsXtables {
 			tb.Fatalf("%s is needed for the iptables kernel tests: %v", tool, err)
 		}
 	}
-	name := fmt.Sprintf("baipt-%d-%d", os.Getpid(), iptNetnsSeq.Add(1))
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		tb.Fatalf("create netns %s: %v: %s", name, err, out)
-	}
-	tb.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			tb.Errorf("delete netns %s: %v: %s", name, err, out)
-		}
-	})
+	name := testNetns(tb)
 	return &netnsXtables{
 		variant: v,
 		prefix:  []string{"nsenter", "--net=/run/netns/" + name, "--"},
@@ -72,6 +64,12 @@ func (x *netnsXtables) run(ctx context.Context, stdin []byte, tool string, args 
 		return out, fmt.Errorf("%s %s: %w: %s", tool, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return out, nil
+}
+
+func (x *netnsXtables) Tables(ctx context.Context, fam Family) ([]string, error) {
+	readFile := func(path string) ([]byte, error) { return x.run(ctx, nil, "cat", path) }
+	save := func(ctx context.Context, tool string) ([]byte, error) { return x.run(ctx, nil, tool) }
+	return existingTables(ctx, fam, x.variant, readFile, save)
 }
 
 func (x *netnsXtables) Chains(ctx context.Context, fam Family, table string) ([]string, error) {

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os/exec"
 	"strings"
 )
 
@@ -37,17 +36,12 @@ func ChooseBackend(ctx context.Context) (backend, reason string) {
 }
 
 // legacyRules counts the rules of others in iptables-legacy, both
-// families, every table; 0 when the legacy tools are not installed.
+// families, every table; 0 when the legacy tools are not installed or no
+// legacy table exists. It creates no legacy table (see saveExisting).
 func legacyRules(ctx context.Context) int {
 	n := 0
 	for _, fam := range []Family{IPv4, IPv6} {
-		tool := toolName(fam, VariantLegacy, "-save")
-		if _, err := exec.LookPath(tool); err != nil {
-			continue
-		}
-		if out, err := runTool(ctx, nil, tool); err == nil {
-			n += countForeignRules(out)
-		}
+		n += countForeignRules(saveExisting(ctx, fam, VariantLegacy))
 	}
 	return n
 }

@@ -2,10 +2,12 @@
 # bridge-agent postinst (.deb) / %post (.rpm).
 #   deb: configure [old-version] | abort-upgrade | abort-remove | abort-deconfigure
 #   rpm: 1 (install) | 2 (upgrade)
-# Fresh install: enable the unit; start it when the configuration has
-# credentials, else say what to do. Upgrade: restart the agent if it runs
-# (its rules and routes stay in place while it restarts) and leave enabling
-# to the admin.
+# Fresh install: enable the unit (.deb, as deb-systemd-helper does) or apply
+# the host's presets to it (.rpm, as %systemd_post does; the package's
+# preset enables it unless the host's presets disable it); start it when it
+# is enabled and the configuration has credentials, else say what to do.
+# Upgrade: restart the agent if it runs (its rules and routes stay in place
+# while it restarts) and leave enabling to the admin.
 set -e
 unit=bridge-agent.service
 config=/etc/bridge-agent/config.yaml
@@ -35,12 +37,24 @@ if [ "$upgrade" = yes ]; then
   exit 0
 fi
 
+enabled=yes
 if command -v systemctl >/dev/null 2>&1; then
-  systemctl enable "$unit" >/dev/null 2>&1 || true
+  if [ "$1" = configure ]; then
+    systemctl enable "$unit" >/dev/null 2>&1 || true
+  else
+    systemctl --no-reload preset "$unit" >/dev/null 2>&1 || true
+  fi
+  systemctl is-enabled --quiet "$unit" 2>/dev/null || enabled=no
 fi
 if [ "$systemd" != yes ]; then
   echo "bridge-agent: systemd is not running here; start the agent with your init system:"
   echo "  bridge-agent run --config $config"
+  exit 0
+fi
+if [ "$enabled" = no ]; then
+  echo "bridge-agent: installed but not enabled (systemctl is-enabled: $(systemctl is-enabled "$unit" 2>/dev/null || true);"
+  echo "  on RPM systems the host's systemd presets decide), so not started. To run it:"
+  echo "  systemctl enable --now $unit   (after the steps in man bridge-agent)"
   exit 0
 fi
 if /usr/bin/bridge-agent kubeconfig --check --config "$config" >/dev/null 2>&1; then

@@ -431,3 +431,93 @@ func TestDNSHostResolved(t *testing.T) {
 		t.Errorf("/etc/systemd created: %v", err)
 	}
 }
+
+// digSections runs dig in the VM namespace and returns the records of each
+// section (ANSWER, AUTHORITY, ADDITIONAL) as "owner TYPE rdata", the owner
+// in lower case, TTL and class dropped; the OPT pseudo-record is left out.
+func digSections(ctx context.Context, t *testing.T, server string, args ...string) map[string][]string {
+	t.Helper()
+	argv := append([]string{"dig", "@" + server, "+noall", "+comments", "+answer", "+authority", "+additional", "+time=5", "+tries=1"}, args...)
+	out := vmExec(ctx, t, argv...)
+	secs := map[string][]string{}
+	sec := ""
+	for _, line := range strings.Split(out, "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(line, ";; ") && strings.HasSuffix(line, " SECTION:"):
+			sec = strings.TrimSuffix(strings.TrimPrefix(line, ";; "), " SECTION:")
+		case line == "" || strings.HasPrefix(line, ";"):
+		case sec != "":
+			if f := strings.Fields(line); len(f) >= 5 {
+				secs[sec] = append(secs[sec], strings.ToLower(f[0])+" "+f[3]+" "+strings.Join(f[4:], " "))
+			}
+		}
+	}
+	if len(secs) == 0 {
+		t.Fatalf("dig %v: no section in output:\n%s", args, out)
+	}
+	return secs
+}
+
+// TestDNSNoDuplicates asks the stub, with dig, for the real kube-dns
+// Service (53/UDP "dns" and 53/TCP "dns-tcp", dual-stack) and for the
+// reverse names of its addresses and of its CoreDNS pod, and finds no
+// record twice in any section (RFC 2181 section 5).
+func TestDNSNoDuplicates(t *testing.T) {
+	requireTestbed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	kd, err := tb.Client.CoreV1().Services("kube-system").Get(ctx, "kube-dns", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod, err := tb.Client.CoreV1().Pods("kube-system").Get(ctx, "coredns-0", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newAgent(t, true, nil)
+	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	server := stubServer(a)
+	const name = "kube-dns.kube-system.svc.cluster.local."
+	waitFor(t, 30*time.Second, "kube-dns in the stub's zone", func() error {
+		if r := dig(ctx, t, server, name, "SRV"); r.Status != "NOERROR" || len(r.Answer) == 0 {
+			return fmt.Errorf("%s SRV: %s", name, r)
+		}
+		return nil
+	})
+
+	questions := [][]string{
+		{name, "SRV"}, {"+tcp", name, "SRV"}, {"_dns._udp." + name, "SRV"}, {"_dns-tcp._tcp." + name, "SRV"},
+		{name, "A"}, {name, "AAAA"}, {name, "ANY"}, {"cluster.local.", "NS"},
+	}
+	var addrs []string
+	addrs = append(addrs, kd.Spec.ClusterIPs...)
+	for _, ip := range pod.Status.PodIPs {
+		addrs = append(addrs, ip.IP)
+	}
+	for _, ip := range addrs {
+		questions = append(questions, []string{"-x", ip})
+	}
+	for _, q := range questions {
+		secs := digSections(ctx, t, server, q...)
+		if len(secs["ANSWER"]) == 0 {
+			t.Errorf("dig %v: no answer: %v", q, secs)
+		}
+		for sec, rrs := range secs {
+			seen := map[string]bool{}
+			for _, r := range rrs {
+				if seen[r] {
+					t.Errorf("dig %v: %s section holds %q twice: %v", q, sec, r, rrs)
+				}
+				seen[r] = true
+			}
+		}
+		t.Logf("dig %v: %v", q, secs)
+	}
+	// The Service's SRV: one record for port 53, whatever the protocols.
+	if got, want := digSections(ctx, t, server, name, "SRV")["ANSWER"], []string{name + " SRV 0 100 53 " + name}; !slices.Equal(got, want) {
+		t.Errorf("%s SRV: %q, want %q", name, got, want)
+	}
+}

@@ -963,8 +963,19 @@ func TestPackageRPM(t *testing.T) {
 		t.Errorf("rpm -qpc: %q, want /etc/bridge-agent/config.yaml", got)
 	}
 	// %config(noreplace): file flags include config (1) and noreplace (16).
-	if got := strings.TrimSpace(rpm("-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]", pkg)); !strings.Contains(got, "/etc/bridge-agent/config.yaml cn") {
-		t.Errorf("config.yaml is not %%config(noreplace):\n%s", got)
+	flags := rpm("-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]", pkg)
+	if !strings.Contains(flags, "/etc/bridge-agent/config.yaml cn\n") {
+		t.Errorf("config.yaml is not %%config(noreplace):\n%s", flags)
+	}
+	// %doc (flag d): README, changelog, copyright. No %license (l): the
+	// project has no license text yet.
+	for _, f := range []string{"README.md", "changelog.gz", "copyright"} {
+		if !strings.Contains(flags, "/usr/share/doc/bridge-agent/"+f+" d\n") {
+			t.Errorf("%s is not %%doc:\n%s", f, flags)
+		}
+	}
+	if !strings.Contains(files, "/usr/lib/systemd/system-preset/80-bridge-agent.preset\n") {
+		t.Errorf("rpm -qpl: no preset:\n%s", files)
 	}
 	info := rpm("-qpi", pkg)
 	for _, want := range []string{"Name        : bridge-agent", "Version     : " + pkgVersion, "License     : Apache-2.0", "Architecture: "} {
@@ -974,7 +985,7 @@ func TestPackageRPM(t *testing.T) {
 	}
 	t.Logf("rpm -qpi:\n%s", info)
 	req := rpm("-qpR", pkg)
-	for _, want := range []string{"(iptables or nftables)", "iproute"} {
+	for _, want := range []string{"(nftables or iptables-nft)", "iproute"} {
 		if !strings.Contains(req, want) {
 			t.Errorf("rpm -qpR: no %q:\n%s", want, req)
 		}
@@ -1040,6 +1051,22 @@ func TestPackageRPM(t *testing.T) {
 	// An edited %config(noreplace) file is kept as .rpmsave, RPM's way.
 	if _, err := os.Stat(filepath.Join(root, "etc", "bridge-agent", "config.yaml.rpmsave")); err != nil {
 		t.Errorf("after rpm -e: the edited config was not saved: %v", err)
+	}
+
+	// %post applies presets rather than enabling: a host whose presets
+	// disable the unit (here, an admin's file sorting before the
+	// package's) gets it installed and not enabled.
+	writeFile(t, filepath.Join(root, "etc", "systemd", "system-preset", "10-local.preset"), []byte("disable bridge-agent.service\n"), 0o644)
+	out, err = inOwnNetns("-i", "--nodeps", pkg)
+	if err != nil {
+		t.Fatalf("rpm -i --root, presets disabling the unit: %v\n%s", err, out)
+	}
+	t.Logf("rpm -i --root --nodeps, presets disabling the unit:\n%s", out)
+	if _, err := os.Lstat(filepath.Join(root, "etc/systemd/system/multi-user.target.wants/bridge-agent.service")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the host's preset disables the unit, yet rpm -i enabled it: %v", err)
+	}
+	if out, err := inOwnNetns("-e", "bridge-agent"); err != nil {
+		t.Fatalf("rpm -e --root: %v\n%s", err, out)
 	}
 }
 

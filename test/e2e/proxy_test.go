@@ -315,6 +315,12 @@ func testProxy(t *testing.T, m proxyMode, ns string) {
 	echo := createService(ctx, t, ns, "echo", v1.ProtocolUDP, 7, "echo", echoSel)
 	empty := createService(ctx, t, ns, "empty", v1.ProtocolTCP, 80, "http", map[string]string{"app": "nothing"})
 
+	// The legacy tables that exist before the agent: a mode that does not
+	// use iptables-legacy, its probing and its cleanup create none.
+	legacyTables := func() string {
+		return vmExec(ctx, t, "cat", "/proc/net/ip_tables_names", "/proc/net/ip6_tables_names")
+	}
+	legacyBefore := legacyTables()
 	a := newAgent(t, true, func(c *config.Config) {
 		m.configure(c)
 		c.Proxy.SyncPeriod.Duration = 2 * time.Second
@@ -403,6 +409,13 @@ func testProxy(t *testing.T, m proxyMode, ns string) {
 	}
 	if out := vmExec(ctx, t, "nft", "list", "tables"); strings.Contains(out, "bridge-agent") {
 		t.Errorf("nft still lists our tables after cleanup:\n%s", out)
+	}
+	if m.variant != "legacy" {
+		if after := legacyTables(); after != legacyBefore {
+			t.Errorf("%s: legacy tables before the agent %q, after its run and cleanup %q", m.name, legacyBefore, after)
+		} else {
+			t.Logf("%s: legacy tables before and after the agent: %q", m.name, after)
+		}
 	}
 	foreign()
 }
