@@ -37,6 +37,7 @@ func cleanupCmd(args []string, stdout, stderr io.Writer) int {
 	defer lock.Release()
 
 	failed := false
+	keep := map[string]string{} // files of ours to leave, with why
 	fail := func(err error) {
 		fmt.Fprintf(stderr, "bridge-agent: cleanup: %v\n", err)
 		failed = true
@@ -46,8 +47,8 @@ func cleanupCmd(args []string, stdout, stderr io.Writer) int {
 	} else {
 		fmt.Fprintln(stdout, "removed iptables chains and jumps of ours (legacy and nft, IPv4 and IPv6)")
 		if err := proxy.RemoveCreatedTables(context.Background(), cfg.HostPath(cfg.StateDir)); err != nil {
-			fmt.Fprintf(stderr, "bridge-agent: cleanup: %v\n", err)
-			failed = true
+			fail(err)
+			keep[proxy.CreatedTablesFile(cfg.StateDir)] = "needed to remove the iptables-nft tables the agent created, which failed (see above)"
 		} else {
 			fmt.Fprintln(stdout, "removed the iptables-nft tables the agent created, where nothing else is in them")
 		}
@@ -71,7 +72,6 @@ func cleanupCmd(args []string, stdout, stderr io.Writer) int {
 	// symbolic link, say) is not read or written at all.
 	own := ownOptions(cfg)
 	own.Created = lock.Created
-	keep := map[string]string{}
 	stateDir, _, err := ownfiles.Dir(cfg.HostRoot, cfg.StateDir, false)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):

@@ -8,6 +8,7 @@ import (
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
 	"github.com/bridge-agent/bridge-agent/internal/hostdns"
 	"github.com/bridge-agent/bridge-agent/internal/ownfiles"
+	"github.com/bridge-agent/bridge-agent/internal/proxy"
 )
 
 // ownOptions lists what the agent keeps on the host with cfg: its
@@ -20,7 +21,7 @@ func ownOptions(cfg *config.Config) ownfiles.Options {
 			dirs = append(dirs, d)
 		}
 	}
-	files := []string{cfg.StatusSocket, config.LockPath}
+	files := []string{cfg.StatusSocket, config.LockPath, proxy.CreatedTablesFile(cfg.StateDir)}
 	for _, name := range append([]string{daemon.SnapshotFile}, hostdns.StateFiles()...) {
 		files = append(files, cfg.StateDir+"/"+name)
 	}
