@@ -319,7 +319,11 @@ run() { # suite, options, -- command
     return 125
   fi
   line=${line#"$exit_marker="}
-  return "${line%% *}"
+  local rc_guest=${line%% *} up_start up_end
+  up_end=${line##*uptime=}
+  up_start=$(grep -a "^$start_marker " "$log" | tail -n 1 | sed 's/.*uptime=\([0-9.]*\).*/\1/')
+  echo "guest: $suite: user space after ${up_start}s, command ran $(awk -v a="$up_start" -v b="$up_end" 'BEGIN { printf "%.2f", b - a }')s, exit $rc_guest" >&2
+  return "$rc_guest"
 }
 
 main() {
