@@ -72,26 +72,23 @@ type payload struct {
 	token string // what the pod answers
 }
 
-var (
-	payloadOnce sync.Once
-	payloadVal  *payload
-	payloadErr  error
-)
-
-// buildPayload builds the test binaries and the agent (CGO_ENABLED=0, so
-// they run on any guest's libc) into one directory, once per test run.
-func buildPayload(ctx context.Context, t *testing.T, root string) (*payload, error) {
-	payloadOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "bridge-agent-guest-")
-		if err != nil {
-			payloadErr = err
-			return
-		}
-		payloadVal, payloadErr = makePayload(ctx, root, dir)
-	})
-	return payloadVal, payloadErr
+// payloadBuilder builds the payload into dir on first use and returns the
+// same result after.
+func payloadBuilder(root, dir string) func(ctx context.Context) (*payload, error) {
+	var (
+		once sync.Once
+		p    *payload
+		err  error
+	)
+	return func(ctx context.Context) (*payload, error) {
+		once.Do(func() { p, err = makePayload(ctx, root, dir) })
+		return p, err
+	}
 }
 
+// makePayload builds the test binaries and the agent (CGO_ENABLED=0, so
+// they run on any guest's libc) into dir, with the scripts and the agent
+// check's files.
 func makePayload(ctx context.Context, root, dir string) (*payload, error) {
 	var tests bytes.Buffer
 	for _, p := range kernelPackages {
@@ -167,12 +164,14 @@ func TestGuestKernels(t *testing.T) {
 		ctx, cancel = context.WithDeadline(ctx, dl.Add(-30*time.Second))
 		defer cancel()
 	}
+	// Built once, when the first guest is there to run it.
+	buildPayload := payloadBuilder(root, t.TempDir())
 	for _, suite := range guests {
 		t.Run(suite, func(t *testing.T) {
 			if err := ensureGuest(ctx, t, script, suite); err != nil {
 				t.Fatal(err)
 			}
-			p, err := buildPayload(ctx, t, root)
+			p, err := buildPayload(ctx)
 			if err != nil {
 				t.Fatalf("build the guest payload: %v", err)
 			}
