@@ -116,13 +116,19 @@ echo /sbin/modprobe >/proc/sys/kernel/modprobe
 hostname guest
 [ -s /guest/modules ] && modprobe -qa $(cat /guest/modules)
 ip link set lo up
-# Files passed in: /guest/files/N goes to the Nth path in /guest/manifest.
+# Files passed in: /guest/files/N goes to the Nth path in /guest/manifest;
+# a directory passed onto an existing one is merged into it.
 if [ -f /guest/manifest ]; then
   n=0
   while IFS= read -r dst; do
+    src=/guest/files/$n
     mkdir -p "$(dirname "$dst")"
-    rm -rf "$dst"
-    mv "/guest/files/$n" "$dst"
+    if [ -d "$src" ] && [ -d "$dst" ]; then
+      cp -a "$src/." "$dst/"
+    else
+      rm -f "$dst"
+      mv "$src" "$dst"
+    fi
     n=$((n + 1))
   done </guest/manifest
 fi

@@ -133,7 +133,14 @@ func checkAgent(t *testing.T, suite, out string, p *payload, secs float64) {
 	failf := func(format string, args ...any) {
 		t.Helper()
 		t.Errorf(format, args...)
-		t.Logf("agent check output:\n%s", tail(out, 150))
+		var facts []string
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "AGENT-") {
+				facts = append(facts, line)
+			}
+		}
+		t.Logf("agent check:\n%s\nrules:\n%s\nagent log:\n%s", strings.Join(facts, "\n"),
+			section("AGENT-RULES"), tail(agentLog, 60))
 	}
 
 	if direct, _ := field("AGENT-POD-DIRECT"); direct != p.token {

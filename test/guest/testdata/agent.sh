@@ -45,11 +45,15 @@ ip -n pod link set eth0 up
 ip -n pod route add default via "${POD_IP%.*}.1"
 ip netns exec pod socat "TCP-LISTEN:$POD_PORT,reuseaddr,fork" SYSTEM:"echo $TOKEN" &
 pod_pid=$!
-for _ in $(seq 50); do
-  ip netns exec pod ss -ltn | grep -q ":$POD_PORT " && break
-  sleep 0.1
+# The pod answers directly once socat listens (slow to start in a loaded
+# guest).
+direct=
+start=$SECONDS
+while [ $((SECONDS - start)) -lt 60 ]; do
+  direct=$(socat -T 3 STDIO "TCP:$POD_IP:$POD_PORT,connect-timeout=3" </dev/null 2>&1)
+  [ "$direct" = "$TOKEN" ] && break
+  sleep 0.5
 done
-direct=$(socat -T 3 STDIO "TCP:$POD_IP:$POD_PORT,connect-timeout=3" </dev/null 2>&1)
 echo "AGENT-POD-DIRECT $direct"
 
 if [ -n "$(connect)" ]; then echo "AGENT-BEFORE ok"; else echo "AGENT-BEFORE failed"; fi
@@ -58,7 +62,7 @@ bridge-agent run --config /etc/bridge-agent/config.yaml >/tmp/agent.log 2>&1 &
 agent_pid=$!
 reply=
 start=$SECONDS
-while [ $((SECONDS - start)) -lt "${WAIT:-120}" ]; do
+while [ $((SECONDS - start)) -lt "${WAIT:-180}" ]; do
   reply=$(connect)
   [ -n "$reply" ] && break
   kill -0 "$agent_pid" 2>/dev/null || break
