@@ -189,9 +189,12 @@ func TestGuestKernels(t *testing.T) {
 
 // ensureGuest finds the guest's cache or builds it (root only), or skips.
 func ensureGuest(ctx context.Context, t *testing.T, script, suite string) error {
-	out, err := exec.CommandContext(ctx, script, "dir", suite).Output()
+	cmd := exec.CommandContext(ctx, script, "dir", suite)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return fmt.Errorf("hack/guest.sh dir %s: %w", suite, err)
+		return fmt.Errorf("hack/guest.sh dir %s (BRIDGE_AGENT_GUESTS names the guests): %w: %s", suite, err, strings.TrimSpace(stderr.String()))
 	}
 	dir := strings.TrimSpace(string(out))
 	if _, err := os.Stat(filepath.Join(dir, ".complete")); err == nil {
@@ -202,8 +205,7 @@ func ensureGuest(ctx context.Context, t *testing.T, script, suite string) error 
 	}
 	t.Logf("building guest %s (cold builds take minutes; cached in %s)", suite, dir)
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, script, "build", suite)
-	if b, err := cmd.CombinedOutput(); err != nil {
+	if b, err := exec.CommandContext(ctx, script, "build", suite).CombinedOutput(); err != nil {
 		return fmt.Errorf("hack/guest.sh build %s: %w\n%s", suite, err, b)
 	}
 	t.Logf("built guest %s in %s", suite, time.Since(start).Round(time.Second))
