@@ -101,21 +101,49 @@ var _ Reader = (*netlink.Handle)(nil)
 // Read lists the host's addresses and routes (every table) and builds its
 // Facts with the given resolvers.
 func Read(h Reader, resolvers []netip.Addr) (*Facts, error) {
-	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	addrs, err := ListAddrs(h)
 	if err != nil {
-		return nil, fmt.Errorf("host guard: list addresses: %w", err)
+		return nil, fmt.Errorf("host guard: %w", err)
 	}
-	var routes []netlink.Route
-	for range 5 {
-		routes, err = h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	routes, err := ListRoutes(h)
+	if err != nil {
+		return nil, fmt.Errorf("host guard: %w", err)
+	}
+	return FromNetlink(addrs, routes, resolvers), nil
+}
+
+// dumpAttempts bounds the retries of a netlink dump the kernel interrupted.
+const dumpAttempts = 5
+
+// ListAddrs lists every address of both families, retrying a dump the
+// kernel interrupted (an address changed while it was read; seen on 5.10
+// while other programs add and remove addresses).
+func ListAddrs(h Reader) ([]netlink.Addr, error) {
+	return retryDump("list addresses", func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_ALL) })
+}
+
+// ListRoutes lists every route of both families in every table, retrying
+// a dump the kernel interrupted (the table changed while it was read).
+func ListRoutes(h Reader) ([]netlink.Route, error) {
+	return retryDump("list routes", func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	})
+}
+
+// retryDump runs list until it returns something other than
+// netlink.ErrDumpInterrupted, at most dumpAttempts times.
+func retryDump[T any](op string, list func() ([]T, error)) ([]T, error) {
+	var err error
+	for range dumpAttempts {
+		var out []T
+		if out, err = list(); err == nil {
+			return out, nil
+		}
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			break
 		}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("host guard: list routes: %w", err)
-	}
-	return FromNetlink(addrs, routes, resolvers), nil
+	return nil, fmt.Errorf("%s: %w", op, err)
 }
 
 // WatcherOptions configure a Watcher.

@@ -1,8 +1,6 @@
 package routes
 
 import (
-	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -224,22 +222,8 @@ func deletion(r *netlink.Route) *netlink.Route {
 	}
 }
 
-// listRoutes lists every route of both families in every table, retrying
-// a dump the kernel interrupted (the table changed while it was read).
-func listRoutes(h netlinkHandle) ([]netlink.Route, error) {
-	var err error
-	for range 5 {
-		var rs []netlink.Route
-		rs, err = h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
-		if err == nil {
-			return rs, nil
-		}
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
-	return nil, fmt.Errorf("list routes: %w", err)
-}
+// listRoutes lists every route of both families in every table.
+func listRoutes(h netlinkHandle) ([]netlink.Route, error) { return hostguard.ListRoutes(h) }
 
 // linkNames maps interface indexes to names, for messages.
 type linkNames map[int]string

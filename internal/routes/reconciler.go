@@ -179,9 +179,9 @@ type result struct {
 
 func (r *Reconciler) sync(snap *cluster.Snapshot) (result, error) {
 	var res result
-	addrs, err := r.h.AddrList(nil, netlink.FAMILY_ALL)
+	addrs, err := hostguard.ListAddrs(r.h)
 	if err != nil {
-		return res, fmt.Errorf("list addresses: %w", err)
+		return res, err
 	}
 	var nodes []*cluster.Node
 	if snap != nil {
