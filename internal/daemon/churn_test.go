@@ -364,7 +364,9 @@ func dnsState(s *dnsstub.Server, names []string) map[string]string {
 // on the loopback.
 type answerRecorder struct{ msg *dns.Msg }
 
-func (r *answerRecorder) LocalAddr() net.Addr { return &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53} }
+func (r *answerRecorder) LocalAddr() net.Addr {
+	return &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 53}
+}
 func (r *answerRecorder) RemoteAddr() net.Addr {
 	return &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}
 }
