@@ -24,6 +24,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -204,6 +205,12 @@ func TestChurnConvergence(t *testing.T) {
 		if rng.IntN(4) == 0 { // an idle host: the next change finds the runner idle
 			time.Sleep(time.Duration(rng.IntN(int(20 * churnMinSync))))
 		}
+	}
+	// Every sync says which change it carried arrived first, and when.
+	if b, err := os.ReadFile(logPath); err != nil {
+		t.Error(err)
+	} else if !regexp.MustCompile(`msg="consumer synced" consumer=proxy .*oldestChange="EndpointSlice churn/s\d+-\d+" received=\S+ lag=`).Match(b) {
+		t.Errorf("no debug line naming the oldest change of a proxy sync in the agent's log; its tail:\n%s", tailFile(logPath, 10))
 	}
 	t.Logf("churn: %d writes (%d Services, %d slices, %d Nodes at the end) in %v, %d quiet gaps checked; worst lag after the last write: proxy %v, dns %v, routes %v",
 		w.writes, len(w.services), w.sliceCount(), len(w.nodes), time.Since(start).Round(time.Second), gaps,
@@ -938,3 +945,9 @@ func (w *world) routesState() map[string]string {
 	}
 	return out
 }
+
+// The proxy's backends take the trigger times the daemon hands them.
+var (
+	_ daemon.ProgrammingObserver = (*proxy.NFTables)(nil)
+	_ daemon.ProgrammingObserver = (*proxy.IPTables)(nil)
+)
