@@ -209,7 +209,7 @@ func TestChurnConvergence(t *testing.T) {
 	// Every sync says which change it carried arrived first, and when.
 	if b, err := os.ReadFile(logPath); err != nil {
 		t.Error(err)
-	} else if !regexp.MustCompile(`msg="consumer synced" consumer=proxy .*oldestChange="EndpointSlice churn/s\d+-\d+" received=\S+ lag=`).Match(b) {
+	} else if !regexp.MustCompile(`msg="consumer synced" consumer=proxy .*oldestChange="EndpointSlice churn/s\d+-\d+" received=\S+ lag=\S+ oldestTrigger=`).Match(b) {
 		t.Errorf("no debug line naming the oldest change of a proxy sync in the agent's log; its tail:\n%s", tailFile(logPath, 10))
 	}
 	t.Logf("churn: %d writes (%d Services, %d slices, %d Nodes at the end) in %v, %d quiet gaps checked; worst lag after the last write: proxy %v, dns %v, routes %v",

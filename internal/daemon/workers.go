@@ -66,6 +66,19 @@ func (c *changes) add(o changes) {
 	}
 }
 
+// oldestTrigger returns the oldest trigger time c carries (zero if none).
+func (c *changes) oldestTrigger() time.Time {
+	var oldest time.Time
+	for _, ts := range c.triggers {
+		for _, t := range ts {
+			if oldest.IsZero() || t.Before(oldest) {
+				oldest = t
+			}
+		}
+	}
+	return oldest
+}
+
 // queueChanges records a newly published snapshot in every worker's
 // pending changes; called with d.mu held.
 func (d *Daemon) queueChanges(snap *cluster.Snapshot) {
@@ -113,6 +126,11 @@ func (d *Daemon) runWorker(ctx context.Context, w *worker) error {
 		args := []any{"consumer", w.c.Name(), "snapshot", snap.Version, "snapshots", carried.snapshots, "took", took}
 		if !carried.received.IsZero() {
 			args = append(args, "oldestChange", carried.receivedWhat, "received", carried.received, "lag", end.Sub(carried.received))
+		}
+		// The oldest trigger time tells a late event (received long after
+		// it) from a late sync (lag).
+		if oldest := carried.oldestTrigger(); !oldest.IsZero() {
+			args = append(args, "oldestTrigger", oldest)
 		}
 		d.log.Debug("consumer synced", args...)
 	}
