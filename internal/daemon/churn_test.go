@@ -121,6 +121,18 @@ func TestChurnConvergence(t *testing.T) {
 		{Consumer: stub},
 		{Consumer: &routesModel{}, jitter: rand.New(rand.NewPCG(uint64(seed), 3))},
 	}
+	// The real nftables backend too, in a network namespace of its own,
+	// unless BRIDGE_AGENT_CHURN_KERNEL=0.
+	var kernel *kernelProxy
+	if os.Getenv("BRIDGE_AGENT_CHURN_KERNEL") != "0" {
+		nftLog := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelDebug})).With("consumer", "proxy-kernel")
+		p, k, ok := startKernelProxy(t, ctx, nftLog)
+		if !ok {
+			t.Skip("no nft or ip command: install nftables and iproute2, or set BRIDGE_AGENT_CHURN_KERNEL=0")
+		}
+		kernel = k
+		consumers = append(consumers, &recorded{Consumer: p, name: "proxy-kernel"})
+	}
 	var cs []daemon.Consumer
 	for _, c := range consumers {
 		cs = append(cs, c)
@@ -150,7 +162,20 @@ func TestChurnConvergence(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 
+	if kernel != nil {
+		all, err := tb.Client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		kernel.others = map[string]bool{}
+		for _, s := range all.Items {
+			for _, ip := range s.Spec.ClusterIPs {
+				kernel.others[ip] = true
+			}
+		}
+	}
 	w := newWorld(tb.Client, rng)
+	w.tcpOnly = kernel != nil
 	checks := []struct {
 		c    *recorded
 		name string
@@ -160,6 +185,20 @@ func TestChurnConvergence(t *testing.T) {
 		{consumers[0], "proxy", consumers[0].Consumer.(*proxyModel).state, w.proxyState},
 		{consumers[1], "dns", func() map[string]string { return dnsState(stub, w.dnsNames()) }, w.dnsState},
 		{consumers[2], "routes", consumers[2].Consumer.(*routesModel).state, w.routesState},
+	}
+	if kernel != nil {
+		checks = append(checks, struct {
+			c    *recorded
+			name string
+			have func() map[string]string
+			want func() map[string]string
+		}{consumers[3], "kernel", func() map[string]string {
+			st, err := kernel.state()
+			if err != nil {
+				return map[string]string{"error": err.Error()}
+			}
+			return st
+		}, func() map[string]string { return withoutNames(w.proxyState()) }})
 	}
 	worst := map[string]time.Duration{}
 	var gaps int
@@ -212,9 +251,9 @@ func TestChurnConvergence(t *testing.T) {
 	} else if !regexp.MustCompile(`msg="consumer synced" consumer=proxy .*oldestChange="EndpointSlice churn/s\d+-\d+" received=\S+ lag=\S+ oldestTrigger=`).Match(b) {
 		t.Errorf("no debug line naming the oldest change of a proxy sync in the agent's log; its tail:\n%s", tailFile(logPath, 10))
 	}
-	t.Logf("churn: %d writes (%d Services, %d slices, %d Nodes at the end) in %v, %d quiet gaps checked; worst lag after the last write: proxy %v, dns %v, routes %v",
+	t.Logf("churn: %d writes (%d Services, %d slices, %d Nodes at the end) in %v, %d quiet gaps checked; worst lag after the last write: proxy %v, dns %v, routes %v, kernel (nftables) %v",
 		w.writes, len(w.services), w.sliceCount(), len(w.nodes), time.Since(start).Round(time.Second), gaps,
-		worst["proxy"], worst["dns"], worst["routes"])
+		worst["proxy"], worst["dns"], worst["routes"], worst["kernel"])
 }
 
 // recorded wraps a consumer and remembers when its last successful sync
@@ -222,10 +261,18 @@ func TestChurnConvergence(t *testing.T) {
 // the workers skip snapshots.
 type recorded struct {
 	daemon.Consumer
+	name   string     // instead of the consumer's own
 	jitter *rand.Rand // nil: no delay
 
 	mu   sync.Mutex
 	last time.Time
+}
+
+func (r *recorded) Name() string {
+	if r.name != "" {
+		return r.name
+	}
+	return r.Consumer.Name()
 }
 
 func (r *recorded) Sync(ctx context.Context, snap *cluster.Snapshot) error {
@@ -454,6 +501,7 @@ type world struct {
 	nextSvc  int
 	nextNode int
 	nextAddr int
+	tcpOnly  bool     // no UDP ports (see kernelProxy.state)
 	gone     []string // Services deleted since the last check
 }
 
@@ -559,7 +607,7 @@ func (w *world) createService(ctx context.Context, rng *rand.Rand) error {
 	s := &tService{name: name, headless: rng.IntN(5) == 0, slices: map[string]*tSlice{}}
 	for i := range 1 + rng.IntN(2) {
 		p := tPort{name: fmt.Sprintf("p%d", i), port: int32(80 + rng.IntN(8000)), proto: v1.ProtocolTCP}
-		if rng.IntN(3) == 0 {
+		if rng.IntN(3) == 0 && !w.tcpOnly {
 			p.proto = v1.ProtocolUDP
 		}
 		s.ports = append(s.ports, p)
