@@ -14,6 +14,7 @@ package daemon_test
 //	BRIDGE_AGENT_CHURN_CHANGES  number of writes (default 3000; make stress: 100000)
 //	BRIDGE_AGENT_CHURN_SEED     seed of the random changes (default: the time; logged)
 //	BRIDGE_AGENT_CHURN_BOUND    allowed lag beyond minSyncPeriod (default 1s)
+//	BRIDGE_AGENT_CHURN_KERNEL   0: leave out the real nftables backend
 
 import (
 	"context"
@@ -827,7 +828,7 @@ func (w *world) changeNodes(ctx context.Context, rng *rand.Rand) error {
 	w.mu.Unlock()
 	nodes := w.client.CoreV1().Nodes()
 	switch r := rng.IntN(10); {
-	case len(names) < 3 || r < 4:
+	case len(names) < 3 || r < 3:
 		w.mu.Lock()
 		w.nextNode++
 		i := w.nextNode
@@ -848,7 +849,7 @@ func (w *world) changeNodes(ctx context.Context, rng *rand.Rand) error {
 		w.nodes[name] = n
 		w.mu.Unlock()
 		return nil
-	case r < 8:
+	case r < 7:
 		w.mu.Lock()
 		n := w.nodes[names[rng.IntN(len(names))]]
 		w.mu.Unlock()
