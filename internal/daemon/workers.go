@@ -41,50 +41,63 @@ type ProgrammingObserver interface {
 	ObserveProgramming(triggers map[cluster.ServiceKey][]time.Time, programmed time.Time)
 }
 
+// maxPendingTriggers bounds the trigger times a worker keeps for a
+// consumer whose syncs keep failing; those beyond are not measured.
+const maxPendingTriggers = 100000
+
 // changes accumulates, for one worker, what the snapshots published since
 // its last successful sync carry: how many there were, the oldest change
-// and when it arrived, and the trigger times of their EndpointSlice
-// changes.
+// and when it arrived, the oldest trigger time, and, for a
+// ProgrammingObserver, every trigger time of their EndpointSlice changes.
 type changes struct {
-	snapshots    int
-	received     time.Time
-	receivedWhat string
-	triggers     map[cluster.ServiceKey][]time.Time
+	snapshots     int
+	received      time.Time
+	receivedWhat  string
+	oldestTrigger time.Time
+	triggers      map[cluster.ServiceKey][]time.Time
+	ntriggers     int
 }
 
-// add merges what o carries into c.
-func (c *changes) add(o changes) {
+// add merges what o carries into c, keeping trigger times only when
+// keepTriggers is set.
+func (c *changes) add(o changes, keepTriggers bool) {
 	c.snapshots += o.snapshots
 	if !o.received.IsZero() && (c.received.IsZero() || o.received.Before(c.received)) {
 		c.received, c.receivedWhat = o.received, o.receivedWhat
 	}
+	if !o.oldestTrigger.IsZero() && (c.oldestTrigger.IsZero() || o.oldestTrigger.Before(c.oldestTrigger)) {
+		c.oldestTrigger = o.oldestTrigger
+	}
+	if !keepTriggers {
+		return
+	}
 	for k, ts := range o.triggers {
+		if c.ntriggers+len(ts) > maxPendingTriggers {
+			continue
+		}
 		if c.triggers == nil {
 			c.triggers = map[cluster.ServiceKey][]time.Time{}
 		}
 		c.triggers[k] = append(c.triggers[k], ts...)
+		c.ntriggers += len(ts)
 	}
-}
-
-// oldestTrigger returns the oldest trigger time c carries (zero if none).
-func (c *changes) oldestTrigger() time.Time {
-	var oldest time.Time
-	for _, ts := range c.triggers {
-		for _, t := range ts {
-			if oldest.IsZero() || t.Before(oldest) {
-				oldest = t
-			}
-		}
-	}
-	return oldest
 }
 
 // queueChanges records a newly published snapshot in every worker's
 // pending changes; called with d.mu held.
 func (d *Daemon) queueChanges(snap *cluster.Snapshot) {
 	c := changes{snapshots: 1, received: snap.Received, receivedWhat: snap.ReceivedWhat, triggers: snap.Triggers}
+	for _, ts := range snap.Triggers {
+		c.ntriggers += len(ts)
+		for _, t := range ts {
+			if c.oldestTrigger.IsZero() || t.Before(c.oldestTrigger) {
+				c.oldestTrigger = t
+			}
+		}
+	}
 	for _, w := range d.workers {
-		w.pending.add(c)
+		_, observes := w.c.(ProgrammingObserver)
+		w.pending.add(c, observes)
 	}
 }
 
@@ -114,7 +127,8 @@ func (d *Daemon) runWorker(ctx context.Context, w *worker) error {
 	took := end.Sub(start)
 	if err != nil {
 		d.mu.Lock()
-		carried.add(w.pending) // not programmed: the next sync carries them
+		_, observes := w.c.(ProgrammingObserver)
+		carried.add(w.pending, observes) // not programmed: the next sync carries them
 		w.pending = carried
 		d.mu.Unlock()
 	} else {
@@ -129,8 +143,8 @@ func (d *Daemon) runWorker(ctx context.Context, w *worker) error {
 		}
 		// The oldest trigger time tells a late event (received long after
 		// it) from a late sync (lag).
-		if oldest := carried.oldestTrigger(); !oldest.IsZero() {
-			args = append(args, "oldestTrigger", oldest)
+		if !carried.oldestTrigger.IsZero() {
+			args = append(args, "oldestTrigger", carried.oldestTrigger)
 		}
 		d.log.Debug("consumer synced", args...)
 	}
