@@ -122,3 +122,29 @@ func TestProgrammingTriggersOnceUnderBursts(t *testing.T) {
 		t.Errorf("the consumer synced %d times for %d changes: the burst did not outrun it, the test proves nothing", cons.syncs, changes)
 	}
 }
+
+// A worker keeps trigger times only for a consumer measuring them, and no
+// more than maxPendingTriggers while its syncs keep failing; the oldest
+// trigger time (for the debug line) is kept either way.
+func TestPendingTriggersBounded(t *testing.T) {
+	key := cluster.ServiceKey{Namespace: "shop", Name: "orders"}
+	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	batch := func(i int) changes {
+		ts := make([]time.Time, 1000)
+		for j := range ts {
+			ts[j] = t0.Add(time.Duration(i*1000+j) * time.Millisecond)
+		}
+		return changes{snapshots: 1, triggers: map[cluster.ServiceKey][]time.Time{key: ts}, ntriggers: len(ts), oldestTrigger: ts[0]}
+	}
+	var kept, dropped changes
+	for i := range maxPendingTriggers/1000 + 5 {
+		kept.add(batch(i), true)
+		dropped.add(batch(i), false)
+	}
+	if kept.ntriggers != maxPendingTriggers || len(kept.triggers[key]) != maxPendingTriggers {
+		t.Errorf("kept %d (%d counted) trigger times, want the bound %d", len(kept.triggers[key]), kept.ntriggers, maxPendingTriggers)
+	}
+	if dropped.triggers != nil || !dropped.oldestTrigger.Equal(t0) || dropped.snapshots != maxPendingTriggers/1000+5 {
+		t.Errorf("without measuring: %d trigger times, oldest %v, %d snapshots", len(dropped.triggers[key]), dropped.oldestTrigger, dropped.snapshots)
+	}
+}
