@@ -18,6 +18,7 @@ package daemon_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -258,12 +259,13 @@ func TestChurnConvergence(t *testing.T) {
 }
 
 // recorded wraps a consumer and remembers when its last successful sync
-// ended, after a random delay of up to a millisecond or two that makes
-// the workers skip snapshots.
+// ended. With jitter, each sync first waits up to two milliseconds (the
+// workers then skip snapshots) and one in fifty fails without calling the
+// consumer (the worker retries it after a backoff).
 type recorded struct {
 	daemon.Consumer
 	name   string     // instead of the consumer's own
-	jitter *rand.Rand // nil: no delay
+	jitter *rand.Rand // nil: no delay, no failure
 
 	mu   sync.Mutex
 	last time.Time
@@ -280,8 +282,12 @@ func (r *recorded) Sync(ctx context.Context, snap *cluster.Snapshot) error {
 	if r.jitter != nil {
 		r.mu.Lock()
 		d := time.Duration(r.jitter.IntN(2000)) * time.Microsecond
+		fail := r.jitter.IntN(50) == 0
 		r.mu.Unlock()
 		time.Sleep(d)
+		if fail {
+			return errors.New("injected failure")
+		}
 	}
 	err := r.Consumer.Sync(ctx, snap)
 	if err == nil {
