@@ -15,7 +15,9 @@ import (
 // (the DNS zone of a large cluster) never delays another (the proxy's
 // rules). Every worker retries its own failures with backoff and is called
 // every syncPeriod with an unchanged snapshot, so its consumer can verify
-// and repair what it owns.
+// and repair what it owns. What the snapshots it skipped carried is not
+// lost: each worker accumulates it (changes) until a sync succeeds, for the
+// programming-latency metric and the per-sync debug line.
 type worker struct {
 	c      Consumer
 	runner *Runner
