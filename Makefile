@@ -3,7 +3,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/bridge-agent/bridge-agent/internal/version.Version=$(VERSION)
 export CGO_ENABLED := 0
 
-.PHONY: build test demo lint tools package clean bench bench-quick
+.PHONY: build test stress demo lint tools package clean bench bench-quick
 
 ## build: build bin/bridge-agent
 build:
@@ -12,6 +12,10 @@ build:
 ## test: all tests, unit and end to end (root; installs what it needs)
 test:
 	hack/test.sh
+
+## stress: the convergence test under churn, long, under -race (root; STRESS_CHANGES=100000)
+stress:
+	hack/stress.sh
 
 ## demo: start the sandbox cluster and the agent in its VM namespace (root)
 demo: build

@@ -127,6 +127,7 @@ func newConsumers(ctx context.Context, cfg *config.Config, log *slog.Logger, gua
 // proxyBackend is what the daemon uses of a proxy backend.
 type proxyBackend interface {
 	daemon.Consumer
+	daemon.ProgrammingObserver
 	Status() any
 	Collectors() []prometheus.Collector
 }

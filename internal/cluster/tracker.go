@@ -31,6 +31,14 @@ type Tracker struct {
 	nodesDirty bool
 	last       *Snapshot
 	onChange   func()
+	start      time.Time // trigger times before it are not this agent's to measure
+
+	// received is when the oldest change not yet in a snapshot arrived,
+	// receivedWhat what it was; triggers are the trigger times of the
+	// EndpointSlice changes not yet in a snapshot, by Service.
+	received     time.Time
+	receivedWhat string
+	triggers     map[ServiceKey][]time.Time
 
 	// serviceCIDRs are the ranges of each ServiceCIDR object by name.
 	serviceCIDRs map[string][]netip.Prefix
@@ -61,9 +69,11 @@ func NewTracker(o TrackerOptions) *Tracker {
 		built:      map[ServiceKey]*Service{},
 		dirty:      map[ServiceKey]struct{}{},
 		onChange:   o.OnChange,
+		triggers:   map[ServiceKey][]time.Time{},
 
 		serviceCIDRs: map[string][]netip.Prefix{},
 	}
+	t.start = t.now()
 	if len(o.Namespaces) > 0 {
 		t.namespaces = map[string]bool{}
 		for _, ns := range o.Namespaces {
@@ -74,6 +84,14 @@ func NewTracker(o TrackerOptions) *Tracker {
 }
 
 func (t *Tracker) inScope(ns string) bool { return t.namespaces == nil || t.namespaces[ns] }
+
+// receivedLocked notes that a change of what arrived now, for the oldest
+// change the next snapshot carries.
+func (t *Tracker) receivedLocked(kind, name string) {
+	if t.received.IsZero() {
+		t.received, t.receivedWhat = t.now(), kind+" "+name
+	}
+}
 
 func (t *Tracker) changed() {
 	if t.onChange != nil {
@@ -94,6 +112,7 @@ func (t *Tracker) updateService(si *serviceInfo) {
 	t.mu.Lock()
 	t.services[si.key] = si
 	t.dirty[si.key] = struct{}{}
+	t.receivedLocked("Service", si.key.String())
 	t.mu.Unlock()
 	t.changed()
 }
@@ -106,6 +125,7 @@ func (t *Tracker) DeleteService(namespace, name string) {
 	delete(t.services, key)
 	if had {
 		t.dirty[key] = struct{}{}
+		t.receivedLocked("Service", key.String()+" (deleted)")
 	}
 	t.mu.Unlock()
 	if had {
@@ -126,8 +146,18 @@ func (t *Tracker) updateSlice(namespace, name string, si *sliceInfo) {
 	}
 	ref := sliceRef{namespace, name}
 	t.mu.Lock()
-	t.forgetSliceLocked(ref)
+	var prevTrigger time.Time
+	if owner, ok := t.sliceOwner[ref]; ok {
+		prevTrigger = t.slices[owner][name].triggerTime
+	}
+	if t.forgetSliceLocked(ref) || si != nil {
+		t.receivedLocked("EndpointSlice", namespace+"/"+name)
+	}
 	if si != nil {
+		// Each trigger time once: a relist delivers the same slice again.
+		if tt := si.triggerTime; tt.After(t.start) && !tt.Equal(prevTrigger) {
+			t.triggers[si.service] = append(t.triggers[si.service], tt)
+		}
 		if t.slices[si.service] == nil {
 			t.slices[si.service] = map[string]*sliceInfo{}
 		}
@@ -143,6 +173,9 @@ func (t *Tracker) updateSlice(namespace, name string, si *sliceInfo) {
 func (t *Tracker) DeleteSlice(namespace, name string) {
 	t.mu.Lock()
 	had := t.forgetSliceLocked(sliceRef{namespace, name})
+	if had {
+		t.receivedLocked("EndpointSlice", namespace+"/"+name+" (deleted)")
+	}
 	t.mu.Unlock()
 	if had {
 		t.changed()
@@ -171,6 +204,7 @@ func (t *Tracker) UpdateNode(n *v1.Node) {
 	t.mu.Lock()
 	t.nodes[node.Name] = node
 	t.nodesDirty = true
+	t.receivedLocked("Node", node.Name)
 	t.mu.Unlock()
 	t.changed()
 }
@@ -181,6 +215,9 @@ func (t *Tracker) DeleteNode(name string) {
 	_, had := t.nodes[name]
 	delete(t.nodes, name)
 	t.nodesDirty = t.nodesDirty || had
+	if had {
+		t.receivedLocked("Node", name+" (deleted)")
+	}
 	t.mu.Unlock()
 	if had {
 		t.changed()
@@ -195,6 +232,9 @@ func (t *Tracker) UpdateServiceCIDR(sc *networking.ServiceCIDR) {
 	t.serviceCIDRs[sc.Name] = cidrs
 	changed := !had || !slices.Equal(old, cidrs)
 	t.cidrsDirty = t.cidrsDirty || changed
+	if changed {
+		t.receivedLocked("ServiceCIDR", sc.Name)
+	}
 	t.mu.Unlock()
 	if changed {
 		t.changed()
@@ -207,6 +247,9 @@ func (t *Tracker) DeleteServiceCIDR(name string) {
 	_, had := t.serviceCIDRs[name]
 	delete(t.serviceCIDRs, name)
 	t.cidrsDirty = t.cidrsDirty || had
+	if had {
+		t.receivedLocked("ServiceCIDR", name+" (deleted)")
+	}
 	t.mu.Unlock()
 	if had {
 		t.changed()
@@ -278,7 +321,14 @@ func (t *Tracker) Snapshot() *Snapshot {
 		Changed:  changed,
 
 		ServiceCIDRs: serviceCIDRs,
+		Received:     t.received,
+		ReceivedWhat: t.receivedWhat,
 	}
+	if len(t.triggers) > 0 {
+		t.last.Triggers = t.triggers
+		t.triggers = map[ServiceKey][]time.Time{}
+	}
+	t.received, t.receivedWhat = time.Time{}, ""
 	return t.last
 }
 

@@ -105,6 +105,17 @@ type Snapshot struct {
 	// Changed lists the Services added, updated or removed since the previous
 	// snapshot (all of them in the first one), for incremental consumers.
 	Changed []ServiceKey `json:"-"`
+	// Received is when the oldest change this snapshot is the first to
+	// carry arrived from the API server (the informer's event), and
+	// ReceivedWhat names it ("EndpointSlice ns/name"); zero when the
+	// snapshot carries none.
+	Received     time.Time `json:"-"`
+	ReceivedWhat string    `json:"-"`
+	// Triggers are the endpoints.kubernetes.io/last-change-trigger-time
+	// values of the EndpointSlice changes this snapshot is the first to
+	// carry, by Service: each change's trigger time is in exactly one
+	// snapshot (none from before the tracker started). Treat as read-only.
+	Triggers map[ServiceKey][]time.Time `json:"-"`
 	// Restored is non-zero for a snapshot read back from the state
 	// directory (the last one known good): it is when that one was saved.
 	// Live snapshots from the API server leave it zero.

@@ -351,6 +351,7 @@ func (d *Daemon) publish(context.Context) error {
 	if d.snap != snap {
 		d.seq++
 		d.snap, d.publishedAt = snap, time.Now()
+		d.queueChanges(snap)
 	}
 	d.mu.Unlock()
 	d.metrics.services.Set(float64(len(snap.Services)))

@@ -15,7 +15,9 @@ import (
 // (the DNS zone of a large cluster) never delays another (the proxy's
 // rules). Every worker retries its own failures with backoff and is called
 // every syncPeriod with an unchanged snapshot, so its consumer can verify
-// and repair what it owns.
+// and repair what it owns. What the snapshots it skipped carried is not
+// lost: each worker accumulates it (changes) until a sync succeeds, for the
+// programming-latency metric and the per-sync debug line.
 type worker struct {
 	c      Consumer
 	runner *Runner
@@ -25,6 +27,80 @@ type worker struct {
 	goodSeq uint64
 	goodAt  time.Time // when good was published
 	err     error
+	// pending is what the snapshots published since the consumer's last
+	// sync carry, whichever of them it skips (guarded by Daemon.mu).
+	pending changes
+}
+
+// ProgrammingObserver is implemented by consumers that measure how long
+// an EndpointSlice change took to reach the host (the proxy's
+// network-programming latency). After each successful Sync the daemon
+// hands it the trigger times of the changes that sync was the first to
+// program, by Service: each exactly once, even when the consumer's worker
+// skipped the snapshots that brought them; a failed sync hands them to the
+// next one.
+type ProgrammingObserver interface {
+	ObserveProgramming(triggers map[cluster.ServiceKey][]time.Time, programmed time.Time)
+}
+
+// maxPendingTriggers bounds the trigger times a worker keeps for a
+// consumer whose syncs keep failing; those beyond are not measured.
+const maxPendingTriggers = 100000
+
+// changes accumulates, for one worker, what the snapshots published since
+// its last successful sync carry: how many there were, the oldest change
+// and when it arrived, the oldest trigger time, and, for a
+// ProgrammingObserver, every trigger time of their EndpointSlice changes.
+type changes struct {
+	snapshots     int
+	received      time.Time
+	receivedWhat  string
+	oldestTrigger time.Time
+	triggers      map[cluster.ServiceKey][]time.Time
+	ntriggers     int
+}
+
+// add merges what o carries into c, keeping trigger times only when
+// keepTriggers is set.
+func (c *changes) add(o changes, keepTriggers bool) {
+	c.snapshots += o.snapshots
+	if !o.received.IsZero() && (c.received.IsZero() || o.received.Before(c.received)) {
+		c.received, c.receivedWhat = o.received, o.receivedWhat
+	}
+	if !o.oldestTrigger.IsZero() && (c.oldestTrigger.IsZero() || o.oldestTrigger.Before(c.oldestTrigger)) {
+		c.oldestTrigger = o.oldestTrigger
+	}
+	if !keepTriggers {
+		return
+	}
+	for k, ts := range o.triggers {
+		if c.ntriggers+len(ts) > maxPendingTriggers {
+			continue
+		}
+		if c.triggers == nil {
+			c.triggers = map[cluster.ServiceKey][]time.Time{}
+		}
+		c.triggers[k] = append(c.triggers[k], ts...)
+		c.ntriggers += len(ts)
+	}
+}
+
+// queueChanges records a newly published snapshot in every worker's
+// pending changes; called with d.mu held.
+func (d *Daemon) queueChanges(snap *cluster.Snapshot) {
+	c := changes{snapshots: 1, received: snap.Received, receivedWhat: snap.ReceivedWhat, triggers: snap.Triggers}
+	for _, ts := range snap.Triggers {
+		c.ntriggers += len(ts)
+		for _, t := range ts {
+			if c.oldestTrigger.IsZero() || t.Before(c.oldestTrigger) {
+				c.oldestTrigger = t
+			}
+		}
+	}
+	for _, w := range d.workers {
+		_, observes := w.c.(ProgrammingObserver)
+		w.pending.add(c, observes)
+	}
 }
 
 func (d *Daemon) newWorkers() {
@@ -41,13 +117,39 @@ func (d *Daemon) newWorkers() {
 func (d *Daemon) runWorker(ctx context.Context, w *worker) error {
 	d.mu.Lock()
 	snap, seq, published := d.snap, d.seq, d.publishedAt
+	carried := w.pending
+	w.pending = changes{}
 	d.mu.Unlock()
 	if snap == nil {
 		return nil
 	}
 	start := time.Now()
 	err := w.c.Sync(ctx, snap)
-	took := time.Since(start)
+	end := time.Now()
+	took := end.Sub(start)
+	if err != nil {
+		d.mu.Lock()
+		_, observes := w.c.(ProgrammingObserver)
+		carried.add(w.pending, observes) // not programmed: the next sync carries them
+		w.pending = carried
+		d.mu.Unlock()
+	} else {
+		if po, ok := w.c.(ProgrammingObserver); ok && len(carried.triggers) > 0 {
+			po.ObserveProgramming(carried.triggers, end)
+		}
+		// The oldest change a sync carries and when it arrived: a change
+		// that waited shows here, whatever delayed it.
+		args := []any{"consumer", w.c.Name(), "snapshot", snap.Version, "snapshots", carried.snapshots, "took", took}
+		if !carried.received.IsZero() {
+			args = append(args, "oldestChange", carried.receivedWhat, "received", carried.received, "lag", end.Sub(carried.received))
+		}
+		// The oldest trigger time tells a late event (received long after
+		// it) from a late sync (lag).
+		if !carried.oldestTrigger.IsZero() {
+			args = append(args, "oldestTrigger", carried.oldestTrigger)
+		}
+		d.log.Debug("consumer synced", args...)
+	}
 	d.metrics.syncDuration.WithLabelValues(w.c.Name()).Observe(took.Seconds())
 	if err != nil {
 		d.metrics.syncs.WithLabelValues(w.c.Name(), "error").Inc()

@@ -147,9 +147,6 @@ func (p *IPTables) Sync(ctx context.Context, snap *cluster.Snapshot) error {
 			errs = append(errs, fmt.Errorf("%s: %w", fam, err))
 		}
 	}
-	if len(errs) == 0 {
-		p.observeProgramming(snap, p.now())
-	}
 	return errors.Join(errs...)
 }
 

@@ -16,8 +16,6 @@ type proxyMetrics struct {
 	writes      *prometheus.CounterVec
 	repairs     prometheus.Counter
 	programming prometheus.Histogram
-
-	observed uint64 // newest snapshot version counted in programming
 }
 
 func newProxyMetrics() *proxyMetrics {
@@ -53,28 +51,25 @@ func (m *proxyMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.rules, m.noEndpoints, m.writes, m.repairs, m.programming}
 }
 
-// observeProgramming records, once per snapshot, how long the changes it
-// carries took from their trigger time to the kernel.
-func (p *IPTables) observeProgramming(snap *cluster.Snapshot, now time.Time) {
-	p.metrics.observeProgramming(snap, now)
+// ObserveProgramming implements daemon.ProgrammingObserver.
+func (p *IPTables) ObserveProgramming(triggers map[cluster.ServiceKey][]time.Time, programmed time.Time) {
+	p.metrics.observeProgramming(triggers, programmed)
 }
 
-func (m *proxyMetrics) observeProgramming(snap *cluster.Snapshot, now time.Time) {
-	if snap == nil || snap.Version <= m.observed {
-		return
-	}
-	first := m.observed == 0
-	m.observed = snap.Version
-	if first {
-		// The first snapshot carries every Service, with trigger times from
-		// before this agent started: not a programming latency.
-		return
-	}
-	for _, key := range snap.Changed {
-		svc := snap.Services[key]
-		if svc == nil || svc.TriggerTime.IsZero() {
-			continue
+// ObserveProgramming implements daemon.ProgrammingObserver.
+func (p *NFTables) ObserveProgramming(triggers map[cluster.ServiceKey][]time.Time, programmed time.Time) {
+	p.metrics.observeProgramming(triggers, programmed)
+}
+
+// observeProgramming records how long each change took from its trigger
+// time to the kernel. The daemon hands each trigger time to one call
+// only, after the sync that programmed it, even when that sync skipped the
+// snapshot that first carried it (as kube-proxy accumulates trigger times
+// per Service until a sync consumes them).
+func (m *proxyMetrics) observeProgramming(triggers map[cluster.ServiceKey][]time.Time, programmed time.Time) {
+	for _, ts := range triggers {
+		for _, t := range ts {
+			m.programming.Observe(programmed.Sub(t).Seconds())
 		}
-		m.programming.Observe(now.Sub(svc.TriggerTime).Seconds())
 	}
 }

@@ -157,9 +157,6 @@ func (p *NFTables) Sync(ctx context.Context, snap *cluster.Snapshot) error {
 			errs = append(errs, fmt.Errorf("%s: %w", fam, err))
 		}
 	}
-	if len(errs) == 0 {
-		p.metrics.observeProgramming(snap, p.now())
-	}
 	return errors.Join(errs...)
 }
 
