@@ -68,7 +68,8 @@ func TestCleaningProxyStatusAddsModeReason(t *testing.T) {
 // fixedStatus is a proxyBackend that only reports a status.
 type fixedStatus struct{ st proxy.ProxyStatus }
 
-func (f fixedStatus) Name() string                                  { return "proxy" }
-func (f fixedStatus) Sync(context.Context, *cluster.Snapshot) error { return nil }
-func (f fixedStatus) Status() any                                   { return f.st }
-func (f fixedStatus) Collectors() []prometheus.Collector            { return nil }
+func (f fixedStatus) Name() string                                                     { return "proxy" }
+func (f fixedStatus) Sync(context.Context, *cluster.Snapshot) error                    { return nil }
+func (f fixedStatus) Status() any                                                      { return f.st }
+func (f fixedStatus) Collectors() []prometheus.Collector                               { return nil }
+func (f fixedStatus) ObserveProgramming(map[cluster.ServiceKey][]time.Time, time.Time) {}

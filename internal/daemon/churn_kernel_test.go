@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -66,7 +67,7 @@ func startKernelProxy(t *testing.T, ctx context.Context, log *slog.Logger) (*pro
 }
 
 // state reads the table back: the service-ips map, the no-endpoints set
-// and the endpoints-tcp map (the test's Services are TCP only when the
+// and the endpoints-R-tcp maps (the test's Services are TCP only when the
 // kernel is checked: the UDP conntrack cleanup would run in this
 // process's network namespace, the machine's own).
 func (k *kernelProxy) state() (map[string]string, error) {
@@ -122,21 +123,32 @@ func (k *kernelProxy) state() (map[string]string, error) {
 		}
 		res[net.JoinHostPort(key[0], key[2])+"/TCP"] = "reject"
 	}
+	// One map per endpoint index: endpoints-R-tcp maps a Service port to
+	// its endpoint number R.
 	eps := map[string][]string{}
-	for _, e := range sets["endpoints-tcp"].Elem {
-		kv, _ := e.([]any)
-		if len(kv) != 2 {
-			return nil, fmt.Errorf("endpoints-tcp element %v", e)
-		}
-		key, val := flat(kv[0]), flat(kv[1]) // ip, port, index → ip, port
-		if len(key) == 3 && k.others[key[0]] {
+	for name, m := range sets {
+		idx, ok := strings.CutPrefix(name, "endpoints-")
+		if idx, ok = strings.CutSuffix(idx, "-tcp"); !ok {
 			continue
 		}
-		if len(key) != 3 || len(val) != 2 {
-			return nil, fmt.Errorf("endpoints-tcp element %v : %v", key, val)
+		if _, err := strconv.Atoi(idx); err != nil {
+			continue
 		}
-		sp := net.JoinHostPort(key[0], key[1])
-		eps[sp] = append(eps[sp], net.JoinHostPort(val[0], val[1]))
+		for _, e := range m.Elem {
+			kv, _ := e.([]any)
+			if len(kv) != 2 {
+				return nil, fmt.Errorf("%s element %v", name, e)
+			}
+			key, val := flat(kv[0]), flat(kv[1]) // ip, port → ip, port
+			if len(key) == 2 && k.others[key[0]] {
+				continue
+			}
+			if len(key) != 2 || len(val) != 2 {
+				return nil, fmt.Errorf("%s element %v : %v", name, key, val)
+			}
+			sp := net.JoinHostPort(key[0], key[1])
+			eps[sp] = append(eps[sp], net.JoinHostPort(val[0], val[1]))
+		}
 	}
 	for sp := range svcs {
 		if res[sp+"/TCP"] == "reject" {

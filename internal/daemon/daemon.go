@@ -102,6 +102,7 @@ type Daemon struct {
 	savedAt     time.Time
 	saveTook    time.Duration     // how long the last save took
 	snap        *cluster.Snapshot // the newest published snapshot
+	queued      *cluster.Snapshot // the newest cluster-view snapshot whose changes were queued
 	seq         uint64            // publication number of snap
 	publishedAt time.Time
 	doneSnap    *cluster.Snapshot // the newest snapshot every consumer synced
@@ -346,12 +347,19 @@ func (d *Daemon) publish(context.Context) error {
 	}
 	// Every consumer gets the guarded snapshot: without the ClusterIPs the
 	// host guard refuses (see internal/hostguard).
-	snap = d.filter.Apply(snap, d.guardFacts())
+	raw := snap
+	snap = d.filter.Apply(raw, d.guardFacts())
 	d.mu.Lock()
 	if d.snap != snap {
 		d.seq++
 		d.snap, d.publishedAt = snap, time.Now()
-		d.queueChanges(snap)
+		// The changes a snapshot carries are queued once per snapshot of
+		// the cluster view: a new guarded copy of the same one (the host's
+		// facts changed) carries no new change.
+		if raw != d.queued {
+			d.queued = raw
+			d.queueChanges(raw)
+		}
 	}
 	d.mu.Unlock()
 	d.metrics.services.Set(float64(len(snap.Services)))
