@@ -209,9 +209,17 @@ type DNS struct {
 	// ServeStale is how long an expired forwarded answer may still be
 	// served while every upstream fails (RFC 8767; default 1h, 0 disables).
 	ServeStale metav1.Duration `json:"serveStale,omitempty"`
-	// MaxConcurrentPerClient bounds the queries one client may have in
-	// flight (default 100).
+	// MaxConcurrentPerClient bounds the questions one client may have
+	// waiting on an upstream (default 100). All local processes reach the
+	// stub from 127.0.0.1, so a client is a source address and the domain
+	// asked (its last two labels). Cluster names answered locally are never
+	// limited.
 	MaxConcurrentPerClient int `json:"maxConcurrentPerClient,omitempty"`
+	// MaxConcurrentForwards bounds the questions waiting on upstreams in
+	// all (default 1000), shared fairly among clients; over it a question
+	// gets a stale cached answer or REFUSED at once. Identical questions in
+	// flight are sent once and count once.
+	MaxConcurrentForwards int `json:"maxConcurrentForwards,omitempty"`
 }
 
 // Logging configures the log stream.
@@ -254,6 +262,7 @@ func Default() *Config {
 			CacheSize:              10000,
 			ServeStale:             metav1.Duration{Duration: time.Hour},
 			MaxConcurrentPerClient: 100,
+			MaxConcurrentForwards:  1000,
 		},
 		Logging: Logging{Format: "text"},
 	}
@@ -455,6 +464,11 @@ func (c *Config) validateDNS(bad func(field string, value any, reason string)) {
 	}
 	if d.MaxConcurrentPerClient < 1 {
 		bad("dns.maxConcurrentPerClient", d.MaxConcurrentPerClient, "must be at least 1")
+	}
+	// Each forwarded question holds a socket (a file descriptor) and a
+	// goroutine until it is answered or times out.
+	if d.MaxConcurrentForwards < 1 || d.MaxConcurrentForwards > 100_000 {
+		bad("dns.maxConcurrentForwards", d.MaxConcurrentForwards, "must be between 1 and 100000")
 	}
 }
 

@@ -28,8 +28,9 @@ import (
 // one question or record, an opcode other than QUERY, a response, EDNS0
 // options or another version, compressed question names, classes other
 // than IN, names the zone does not answer alone (forwarded, reverse,
-// ExternalName CNAMEs), before the first Sync, clients not allowed or at
-// their in-flight limit.
+// ExternalName CNAMEs), before the first Sync, clients not allowed. Zone
+// answers take no forwarding slot (limiter.go): slow upstreams never make
+// the stub refuse them.
 
 // replyCacheGeneration bounds the replies kept per zone: two generations
 // of this many questions.
@@ -211,15 +212,11 @@ func (s *Server) answerFast(r *fastReader, pkt []byte, src netip.Addr) []byte {
 		}
 		z.replies.put(string(r.key), e)
 	}
-	if !s.acquire(src) {
-		return nil // the handler refuses it, and counts it
-	}
 	out := append(r.out[:0], e.wire...)
 	r.out = out
 	out[0], out[1] = pkt[0], pkt[1]     // ID
 	out[2] = out[2]&^0x01 | pkt[2]&0x01 // RD
 	out[3] = out[3]&^0x10 | pkt[3]&0x10 // CD
-	s.release(src)
 	s.metrics.countQueryIndex(e.typeIdx, e.resIdx)
 	return out
 }
@@ -254,7 +251,7 @@ func (s *Server) packFast(z *zone, pkt []byte) (e *fastReply) {
 	// EDNS0 version 0 query of class IN and no zone transfer, the name is
 	// valid, and the client is allowed. A zone name is never one of our
 	// upstream queries come back (those are forwarded names and carry an
-	// option). The client's in-flight limit is checked when answering.
+	// option).
 	m, result := s.answerZone(context.Background(), z, req, q, name, canonical, apex, ednsBits(req))
 	fitReply(req, m, false)
 	wire, err := m.Pack()
