@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -53,7 +52,6 @@ type fastReader struct {
 	buf        []byte // the packet read
 	out        []byte // the reply sent
 	key        []byte
-	yield      bool // a packet was handed to the server
 }
 
 func (s *Server) fastReader(r dns.Reader) dns.Reader {
@@ -73,10 +71,6 @@ func (r *fastReader) ReadPacketConn(conn net.PacketConn, timeout time.Duration) 
 	if !ok {
 		return r.Reader.(dns.PacketConnReader).ReadPacketConn(conn, timeout)
 	}
-	if r.yield {
-		r.yield = false
-		runtime.Gosched()
-	}
 	for {
 		n, from, err := fc.ReadFromUDPAddrPort(r.buf)
 		if err != nil {
@@ -89,9 +83,10 @@ func (r *fastReader) ReadPacketConn(conn net.PacketConn, timeout time.Duration) 
 			}
 			continue
 		}
-		// dns.Server serves it in a goroutine of its own: let that run
-		// before reading on, or a busy reader would keep it waiting.
-		r.yield = true
+		// dns.Server serves it in a goroutine of its own. The reader
+		// does not yield to it: that would queue it behind every runnable
+		// goroutine, and a burst of forwarded queries would hold up the
+		// zone answers behind it.
 		return bytes.Clone(pkt), net.UDPAddrFromAddrPort(from), nil
 	}
 }

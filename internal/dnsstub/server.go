@@ -125,6 +125,9 @@ func (s *Server) Start() error {
 	if err != nil {
 		return fmt.Errorf("start dns stub: listen udp %s: %w", s.opts.Listen, err)
 	}
+	if !growReadBuffer(pc.(*net.UDPConn)) {
+		s.log.Debug("dns stub udp receive buffer capped by net.core.rmem_max (no CAP_NET_ADMIN)")
+	}
 	bound := pc.LocalAddr().(*net.UDPAddr).AddrPort()
 	bound = netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port())
 	ln, err := net.Listen("tcp", bound.String())
