@@ -130,7 +130,15 @@ func seedSnapshots() []*cluster.Snapshot {
 	}
 	all := snap(3, web, sticky, db, ext, empty, foreign, kubeDNS)
 	all.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16"), netip.MustParsePrefix("fd00:96::/108")}
-	return []*cluster.Snapshot{all, snap(1, web), snap(2, db, ext), {Version: 4, Services: map[cluster.ServiceKey]*cluster.Service{}, Nodes: map[string]*cluster.Node{}}}
+	out := []*cluster.Snapshot{all, snap(2, db, ext), {Version: 4, Services: map[cluster.ServiceKey]*cluster.Service{}, Nodes: map[string]*cluster.Node{}}}
+	// Small ones too, one Service each: most byte mutations break the
+	// JSON, and in a small file more of them land in a value.
+	for i, svc := range all.SortedServices() {
+		one := snap(uint64(10+i), svc)
+		one.Nodes = map[string]*cluster.Node{"n1": nodes["n1"]}
+		out = append(out, one)
+	}
+	return out
 }
 
 // FuzzSnapshot reads a saved snapshot file, re-sealed after mutation, and
