@@ -189,6 +189,7 @@ func startDNS(ctx context.Context, cfg *config.Config, log *slog.Logger) (*dnsCo
 		CacheSize:        cfg.DNS.CacheSize,
 		ServeStale:       cfg.DNS.ServeStale.Duration,
 		MaxPerClient:     cfg.DNS.MaxConcurrentPerClient,
+		MaxForwards:      cfg.DNS.MaxConcurrentForwards,
 		Logger:           log,
 	}
 	// In the configuration 0 turns these off; the stub reads 0 as "default".

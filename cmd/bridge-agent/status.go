@@ -288,11 +288,10 @@ func printDNS(w io.Writer, st *daemon.Status) {
 			}
 		}
 		fmt.Fprintf(w, "  kube-dns:  %s\n", orNone(strings.Join(kd, " ")))
-		fmt.Fprintf(w, "  upstreams: %s", orNone(strings.Join(s.Upstreams, " ")))
-		if len(s.Looping) > 0 {
-			fmt.Fprintf(w, " (skipped, pointing back at the stub: %s)", strings.Join(s.Looping, " "))
+		fmt.Fprintf(w, "  upstreams: %s; %d/%d questions in flight\n", orNone(strings.Join(s.Upstreams, " ")), s.ForwardsInFlight, s.MaxForwards)
+		for _, l := range s.Looping {
+			fmt.Fprintf(w, "  loop:      %s (came back to the stub; that name skips that upstream for a minute)\n", l)
 		}
-		fmt.Fprintln(w)
 		fmt.Fprintf(w, "  cache:     %d/%d entries, %d hits, %d misses\n", s.CacheSize, s.CacheMax, s.CacheHits, s.CacheMisses)
 		for _, e := range s.LastErrors {
 			fmt.Fprintf(w, "  error %s: %s %s via %s: %s\n", e.Time.Format(time.TimeOnly), e.Name, e.Type, e.Upstream, e.Error)

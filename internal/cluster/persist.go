@@ -11,7 +11,10 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/bridge-agent/bridge-agent/internal/atomicfile"
 )
@@ -173,12 +176,18 @@ func LoadSnapshot(path string) (*Snapshot, error) {
 				return nil, fmt.Errorf("load snapshot %s: null port in %s", path, s.ServiceKey)
 			}
 		}
+		if err := checkSavedService(s); err != nil {
+			return nil, fmt.Errorf("load snapshot %s: service %s: %w", path, s.ServiceKey, err)
+		}
 		snap.Services[s.ServiceKey] = s
 		snap.Changed = append(snap.Changed, s.ServiceKey)
 	}
 	for _, n := range d.Nodes {
 		if n == nil {
 			return nil, fmt.Errorf("load snapshot %s: null node", path)
+		}
+		if err := checkSavedNode(n); err != nil {
+			return nil, fmt.Errorf("load snapshot %s: node %q: %w", path, n.Name, err)
 		}
 		snap.Nodes[n.Name] = n
 	}
@@ -191,4 +200,87 @@ func LoadSnapshot(path string) (*Snapshot, error) {
 	}
 	slices.SortFunc(snap.ServiceCIDRs, comparePrefixes)
 	return snap, nil
+}
+
+// checkSavedService refuses what the API server would never have given:
+// the names, protocols, ports and addresses of a saved Service end up in
+// rule comments, rule text and DNS names, so a damaged or edited file must
+// not smuggle a quote, a newline or a malformed address into them.
+func checkSavedService(s *Service) error {
+	if msgs := validation.IsDNS1123Label(s.Namespace); len(msgs) > 0 {
+		return fmt.Errorf("namespace %q: %s", s.Namespace, msgs[0])
+	}
+	if msgs := validation.IsDNS1123Label(s.Name); len(msgs) > 0 {
+		return fmt.Errorf("name %q: %s", s.Name, msgs[0])
+	}
+	if s.ExternalName != "" {
+		if msgs := validation.IsDNS1123Subdomain(strings.TrimSuffix(s.ExternalName, ".")); len(msgs) > 0 {
+			return fmt.Errorf("externalName %q: %s", s.ExternalName, msgs[0])
+		}
+	}
+	for _, a := range s.ClusterIPs {
+		if err := checkSavedAddr(a); err != nil {
+			return fmt.Errorf("cluster IP: %w", err)
+		}
+	}
+	for _, p := range s.Ports {
+		if p.Name != "" {
+			if msgs := validation.IsDNS1123Label(p.Name); len(msgs) > 0 {
+				return fmt.Errorf("port name %q: %s", p.Name, msgs[0])
+			}
+		}
+		if !slices.Contains([]string{"TCP", "UDP", "SCTP"}, p.Protocol) {
+			return fmt.Errorf("port %d: protocol %q, want TCP, UDP or SCTP", p.Port, p.Protocol)
+		}
+		if p.Port < 1 || p.Port > 65535 {
+			return fmt.Errorf("port %d out of range", p.Port)
+		}
+		if err := checkSavedEndpoints(p.Endpoints); err != nil {
+			return fmt.Errorf("port %d: %w", p.Port, err)
+		}
+	}
+	return checkSavedEndpoints(s.Endpoints)
+}
+
+func checkSavedEndpoints(eps []Endpoint) error {
+	for _, e := range eps {
+		if err := checkSavedAddr(e.Addr); err != nil {
+			return fmt.Errorf("endpoint: %w", err)
+		}
+		if e.Port < 0 || e.Port > 65535 {
+			return fmt.Errorf("endpoint %s: port %d out of range", e.Addr, e.Port)
+		}
+		if e.Hostname != "" {
+			if msgs := validation.IsDNS1123Label(e.Hostname); len(msgs) > 0 {
+				return fmt.Errorf("endpoint %s: hostname %q: %s", e.Addr, e.Hostname, msgs[0])
+			}
+		}
+	}
+	return nil
+}
+
+// checkSavedAddr refuses addresses no Service or endpoint has: invalid,
+// unspecified, with an IPv6 zone, or IPv4-mapped IPv6.
+func checkSavedAddr(a netip.Addr) error {
+	if !a.IsValid() || a.IsUnspecified() || a.Zone() != "" || a.Is4In6() {
+		return fmt.Errorf("address %q is not a usable unicast address", a)
+	}
+	return nil
+}
+
+func checkSavedNode(n *Node) error {
+	if msgs := validation.IsDNS1123Subdomain(n.Name); len(msgs) > 0 {
+		return fmt.Errorf("name: %s", msgs[0])
+	}
+	for _, a := range n.InternalIPs {
+		if err := checkSavedAddr(a); err != nil {
+			return fmt.Errorf("internal IP: %w", err)
+		}
+	}
+	for _, p := range n.PodCIDRs {
+		if !p.IsValid() || p != p.Masked() || p.Addr().Zone() != "" || p.Addr().Is4In6() {
+			return fmt.Errorf("pod CIDR %q is not a network prefix", p)
+		}
+	}
+	return nil
 }

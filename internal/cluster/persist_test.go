@@ -153,6 +153,14 @@ func TestSnapshotLoadRefusesDamage(t *testing.T) {
 			sum := sha256Hex(s.Data)
 			s.SHA256 = sum
 		}), "null service"},
+		// What the API server never gives is refused, re-sealed or not.
+		"quote in a service name":       {sealed(`{"namespace":"shop","name":"we\"b","type":"ClusterIP","proxied":true,"ports":[]}`, ""), `service shop/we"b: name`},
+		"newline in a port name":        {sealed(`{"namespace":"shop","name":"web","type":"ClusterIP","proxied":true,"ports":[{"name":"a\nb","port":80,"protocol":"TCP","endpoints":[]}]}`, ""), "port name"},
+		"unknown protocol":              {sealed(`{"namespace":"shop","name":"web","type":"ClusterIP","proxied":true,"ports":[{"port":80,"protocol":"ICMP","endpoints":[]}]}`, ""), `protocol "ICMP"`},
+		"zoned endpoint address":        {sealed(`{"namespace":"shop","name":"web","type":"ClusterIP","proxied":true,"ports":[{"port":80,"protocol":"TCP","endpoints":[{"addr":"fe80::1%eth0","port":80,"ready":true,"serving":true,"terminating":false}]}]}`, ""), "not a usable unicast address"},
+		"bad external name":             {sealed(`{"namespace":"shop","name":"ext","type":"ExternalName","externalName":"a b","proxied":true,"ports":[]}`, ""), "externalName"},
+		"pod CIDR with host bits":       {sealed("", `{"name":"n1","podCIDRs":["10.244.1.5/24"]}`), "not a network prefix"},
+		"endpoint hostname not a label": {sealed(`{"namespace":"shop","name":"db","type":"ClusterIP","headless":true,"proxied":true,"ports":[],"endpoints":[{"addr":"10.244.1.9","port":0,"ready":true,"serving":true,"terminating":false,"hostname":"db.0"}]}`, ""), "hostname"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if err := os.WriteFile(path, []byte(tc.content), 0o600); err != nil {
@@ -164,6 +172,25 @@ func TestSnapshotLoadRefusesDamage(t *testing.T) {
 			}
 		})
 	}
+}
+
+// sealed is a saved snapshot file, checksum right, holding the one
+// Service and Node given as JSON (either may be empty).
+func sealed(service, node string) string {
+	var svcs, nodes []json.RawMessage
+	if service != "" {
+		svcs = append(svcs, json.RawMessage(service))
+	}
+	if node != "" {
+		nodes = append(nodes, json.RawMessage(node))
+	}
+	data, _ := json.Marshal(snapshotData{Time: time.Unix(0, 0).UTC()})
+	var d map[string]any
+	_ = json.Unmarshal(data, &d)
+	d["services"], d["nodes"] = svcs, nodes
+	data, _ = json.Marshal(d)
+	b, _ := json.Marshal(savedSnapshot{Format: snapshotFormat, Data: data, SHA256: sha256Hex(data)})
+	return string(b)
 }
 
 func node(name, ip, cidr string) *v1.Node {

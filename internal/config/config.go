@@ -231,9 +231,17 @@ type DNS struct {
 	// ServeStale is how long an expired forwarded answer may still be
 	// served while every upstream fails (RFC 8767; default 1h, 0 disables).
 	ServeStale metav1.Duration `json:"serveStale,omitempty"`
-	// MaxConcurrentPerClient bounds the queries one client may have in
-	// flight (default 100).
+	// MaxConcurrentPerClient bounds the questions one client may have
+	// waiting on an upstream (default 100). All local processes reach the
+	// stub from 127.0.0.1, so a client is a source address and the domain
+	// asked (its last two labels). Cluster names answered locally are never
+	// limited.
 	MaxConcurrentPerClient int `json:"maxConcurrentPerClient,omitempty"`
+	// MaxConcurrentForwards bounds the questions waiting on upstreams in
+	// all (default 1000), shared fairly among clients; over it a question
+	// gets a stale cached answer or REFUSED at once. Identical questions in
+	// flight are sent once and count once.
+	MaxConcurrentForwards int `json:"maxConcurrentForwards,omitempty"`
 }
 
 // Logging configures the log stream.
@@ -278,6 +286,7 @@ func Default() *Config {
 			CacheSize:              10000,
 			ServeStale:             metav1.Duration{Duration: time.Hour},
 			MaxConcurrentPerClient: 100,
+			MaxConcurrentForwards:  1000,
 		},
 		Logging: Logging{Format: "text"},
 	}
@@ -500,6 +509,9 @@ func (c *Config) validateDNS(bad func(field string, value any, reason string)) {
 	checkInt(bad, "dns.cacheSize", d.CacheSize, 0, maxCacheSize)
 	checkDuration(bad, "dns.serveStale", d.ServeStale.Duration, 0, maxServeStale)
 	checkInt(bad, "dns.maxConcurrentPerClient", d.MaxConcurrentPerClient, 1, maxConcurrentPerClient)
+	// Each forwarded question holds a socket (a file descriptor) and a
+	// goroutine until it is answered or times out.
+	checkInt(bad, "dns.maxConcurrentForwards", d.MaxConcurrentForwards, 1, maxConcurrentForwards)
 }
 
 // Bounds of the durations and limits. Below the minima the agent would
@@ -522,6 +534,7 @@ const (
 	// (1 to 3 days).
 	maxServeStale          = 72 * time.Hour
 	maxConcurrentPerClient = 10_000
+	maxConcurrentForwards  = 100_000
 	maxUpstreams           = 16
 	maxNamespaceDomains    = 256
 )

@@ -138,6 +138,8 @@ func TestValidateEachField(t *testing.T) {
 		{"dns.cacheSize", func(c *Config) { c.DNS.CacheSize = -1 }},
 		{"dns.serveStale", func(c *Config) { c.DNS.ServeStale.Duration = -time.Second }},
 		{"dns.maxConcurrentPerClient", func(c *Config) { c.DNS.MaxConcurrentPerClient = 0 }},
+		{"dns.maxConcurrentForwards", func(c *Config) { c.DNS.MaxConcurrentForwards = 0 }},
+		{"dns.maxConcurrentForwards", func(c *Config) { c.DNS.MaxConcurrentForwards = 100_001 }},
 		{"scope.namespaces[0]", func(c *Config) { c.Scope.Namespaces = []string{"Shop"} }},
 		{"scope.labelSelector", func(c *Config) { c.Scope.LabelSelector = "a in (" }},
 		{"proxy.minSyncPeriod", func(c *Config) { c.Proxy.MinSyncPeriod.Duration = -time.Second }},

@@ -48,7 +48,12 @@
 // asked, only until the next zone swaps in (fastpath.go).
 //
 // The stub refuses queries from sources other than loopback and its own
-// listen address, limits in-flight queries per client, detects forwarding
-// loops, and answers malformed queries with FORMERR (or not at all) instead
-// of failing.
+// listen address, and answers malformed queries with FORMERR (or not at
+// all) instead of failing. Forwarding is bounded (limiter.go): identical
+// questions in flight are sent once (flight.go), the questions waiting on
+// upstreams are capped in all and shared fairly among clients (a source
+// address and the domain asked), and over a limit a question gets a stale
+// answer or REFUSED at once; answers from the zone are never limited. A
+// query of ours that loops back is answered SERVFAIL, and its name and
+// type skip that upstream for a while (loop.go).
 package dnsstub

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -28,8 +27,9 @@ import (
 // one question or record, an opcode other than QUERY, a response, EDNS0
 // options or another version, compressed question names, classes other
 // than IN, names the zone does not answer alone (forwarded, reverse,
-// ExternalName CNAMEs), before the first Sync, clients not allowed or at
-// their in-flight limit.
+// ExternalName CNAMEs), before the first Sync, clients not allowed. Zone
+// answers take no forwarding slot (limiter.go): slow upstreams never make
+// the stub refuse them.
 
 // replyCacheGeneration bounds the replies kept per zone: two generations
 // of this many questions.
@@ -52,7 +52,6 @@ type fastReader struct {
 	buf        []byte // the packet read
 	out        []byte // the reply sent
 	key        []byte
-	yield      bool // a packet was handed to the server
 }
 
 func (s *Server) fastReader(r dns.Reader) dns.Reader {
@@ -72,10 +71,6 @@ func (r *fastReader) ReadPacketConn(conn net.PacketConn, timeout time.Duration) 
 	if !ok {
 		return r.Reader.(dns.PacketConnReader).ReadPacketConn(conn, timeout)
 	}
-	if r.yield {
-		r.yield = false
-		runtime.Gosched()
-	}
 	for {
 		n, from, err := fc.ReadFromUDPAddrPort(r.buf)
 		if err != nil {
@@ -88,9 +83,10 @@ func (r *fastReader) ReadPacketConn(conn net.PacketConn, timeout time.Duration) 
 			}
 			continue
 		}
-		// dns.Server serves it in a goroutine of its own: let that run
-		// before reading on, or a busy reader would keep it waiting.
-		r.yield = true
+		// dns.Server serves it in a goroutine of its own. The reader
+		// does not yield to it: that would queue it behind every runnable
+		// goroutine, and a burst of forwarded queries would hold up the
+		// zone answers behind it.
 		return bytes.Clone(pkt), net.UDPAddrFromAddrPort(from), nil
 	}
 }
@@ -211,15 +207,11 @@ func (s *Server) answerFast(r *fastReader, pkt []byte, src netip.Addr) []byte {
 		}
 		z.replies.put(string(r.key), e)
 	}
-	if !s.acquire(src) {
-		return nil // the handler refuses it, and counts it
-	}
 	out := append(r.out[:0], e.wire...)
 	r.out = out
 	out[0], out[1] = pkt[0], pkt[1]     // ID
 	out[2] = out[2]&^0x01 | pkt[2]&0x01 // RD
 	out[3] = out[3]&^0x10 | pkt[3]&0x10 // CD
-	s.release(src)
 	s.metrics.countQueryIndex(e.typeIdx, e.resIdx)
 	return out
 }
@@ -254,7 +246,7 @@ func (s *Server) packFast(z *zone, pkt []byte) (e *fastReply) {
 	// EDNS0 version 0 query of class IN and no zone transfer, the name is
 	// valid, and the client is allowed. A zone name is never one of our
 	// upstream queries come back (those are forwarded names and carry an
-	// option). The client's in-flight limit is checked when answering.
+	// option).
 	m, result := s.answerZone(context.Background(), z, req, q, name, canonical, apex, ednsBits(req))
 	fitReply(req, m, false)
 	wire, err := m.Pack()

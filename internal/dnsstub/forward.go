@@ -190,7 +190,7 @@ func (s *Server) forward(ctx context.Context, kind string, targets []target, q d
 			errs = append(errs, ctx.Err())
 			break
 		}
-		if s.isLooping(t.udp) {
+		if s.isLooping(t.udp, q) {
 			continue
 		}
 		m := s.upstreamQuery(q, rd, do, cd, t.udp)
@@ -214,8 +214,14 @@ func (s *Server) forward(ctx context.Context, kind string, targets []target, q d
 	return nil, fmt.Errorf("forward %s %s: %w", q.Name, dns.TypeToString[q.Qtype], errors.Join(errs...))
 }
 
-// resolveForwarded answers q from the cache or the targets, serving stale
-// when every target fails. It returns nil when there is no answer at all.
+// errLimited is the outcome of a question refused by a forwarding limit.
+var errLimited = errors.New("forwarding limit reached")
+
+// resolveForwarded answers q from the cache, from an identical question
+// already in flight, or from the targets, serving stale when every target
+// fails or a forwarding limit refuses the question. It returns nil when
+// there is no answer at all, with resultRefused for a limit and
+// resultServfail otherwise. The client is read from ctx (withClient).
 func (s *Server) resolveForwarded(ctx context.Context, kind string, targets []target, q dns.Question, rd, do, cd bool) (*dns.Msg, string) {
 	key := keyOf(q, do, cd)
 	if m, _, ok := s.cache.get(key, s.now(), false); ok {
@@ -223,9 +229,24 @@ func (s *Server) resolveForwarded(ctx context.Context, kind string, targets []ta
 		return m, resultCached
 	}
 	s.metrics.cacheMisses.Inc()
-	r, err := s.forward(ctx, kind, targets, q, rd, do, cd)
+	fk := flightKey{cacheKey: key, rd: rd, kind: kind}
+	f, leader := s.flights.join(fk)
+	var r *dns.Msg
+	var err error
+	if leader {
+		r, err = s.lead(ctx, fk, f, kind, targets, q, rd, do, cd)
+	} else {
+		s.metrics.coalesced.Inc()
+		select {
+		case <-f.done:
+			if r, err = f.msg, f.err; r != nil {
+				r = r.Copy()
+			}
+		case <-ctx.Done():
+			err = fmt.Errorf("waiting for the same question in flight: %w", ctx.Err())
+		}
+	}
 	if err == nil {
-		s.cache.put(key, r, s.now())
 		return r, resultForwarded
 	}
 	if m, stale, ok := s.cache.get(key, s.now(), true); ok {
@@ -235,6 +256,39 @@ func (s *Server) resolveForwarded(ctx context.Context, kind string, targets []ta
 		}
 		return m, resultCached
 	}
+	if errors.Is(err, errLimited) {
+		return nil, resultRefused
+	}
 	s.log.Debug("forward failed", "name", q.Name, "type", dns.TypeToString[q.Qtype], "err", err)
 	return nil, resultServfail
+}
+
+// lead asks the targets for the flight f, within the forwarding limits,
+// caches the reply and hands it to the flight's waiters.
+func (s *Server) lead(ctx context.Context, fk flightKey, f *flight, kind string, targets []target, q dns.Question, rd, do, cd bool) (r *dns.Msg, err error) {
+	defer func() { s.flights.finish(fk, f, r, err) }()
+	client := fairKey{addr: clientOf(ctx), domain: domainOf(fk.name)}
+	if limit := s.forwards.acquire(client); limit != "" {
+		s.metrics.rejections.WithLabelValues(limit).Inc()
+		return nil, fmt.Errorf("forward %s %s: %w (%s)", q.Name, dns.TypeToString[q.Qtype], errLimited, limit)
+	}
+	s.metrics.inflight.Inc()
+	defer func() {
+		s.metrics.inflight.Dec()
+		s.forwards.release(client)
+	}()
+	r, err = s.forward(ctx, kind, targets, q, rd, do, cd)
+	if err == nil {
+		s.cache.put(fk.cacheKey, r, s.now())
+	}
+	return r, err
+}
+
+// forwardFailure is the reply when resolveForwarded has no answer:
+// REFUSED when a forwarding limit refused the question, else SERVFAIL.
+func forwardFailure(req *dns.Msg, result string) *dns.Msg {
+	if result == resultRefused {
+		return rcodeReply(req, dns.RcodeRefused)
+	}
+	return rcodeReply(req, dns.RcodeServerFailure)
 }

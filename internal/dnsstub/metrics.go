@@ -40,7 +40,9 @@ type metrics struct {
 	forward       *prometheus.HistogramVec
 	upstreamErrs  *prometheus.CounterVec
 	zoneRecords   prometheus.Gauge
-	clientLimit   prometheus.Counter
+	rejections    *prometheus.CounterVec
+	coalesced     prometheus.Counter
+	inflight      prometheus.Gauge
 	loops         prometheus.Counter
 }
 
@@ -71,9 +73,17 @@ func newMetrics() *metrics {
 			Name: "bridge_agent_dns_zone_records",
 			Help: "Records in the zone built from the last snapshot.",
 		}),
-		clientLimit: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "bridge_agent_dns_client_limit_rejections_total",
-			Help: "Queries refused because their client had too many queries in flight.",
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bridge_agent_dns_forward_rejections_total",
+			Help: "Questions not sent upstream because a forwarding limit was reached (answered stale when cached, else REFUSED), by limit: global, client (a source address and domain), share (the client's fair share).",
+		}, []string{"limit"}),
+		coalesced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bridge_agent_dns_forward_coalesced_total",
+			Help: "Forwarded questions that waited for the same question already sent upstream instead of sending their own.",
+		}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bridge_agent_dns_forwards_in_flight",
+			Help: "Questions sent upstream and not yet answered.",
 		}),
 		loops: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bridge_agent_dns_forwarding_loops_total",
@@ -85,7 +95,7 @@ func newMetrics() *metrics {
 // Collectors returns the stub's metrics, for the daemon to register.
 func (s *Server) Collectors() []prometheus.Collector {
 	m := s.metrics
-	return []prometheus.Collector{m.queries, m.cacheHits, m.cacheMisses, m.forward, m.upstreamErrs, m.zoneRecords, m.clientLimit, m.loops}
+	return []prometheus.Collector{m.queries, m.cacheHits, m.cacheMisses, m.forward, m.upstreamErrs, m.zoneRecords, m.rejections, m.coalesced, m.inflight, m.loops}
 }
 
 // countedTypeList bounds the type label: other types are counted as

@@ -19,6 +19,7 @@ const (
 	DefaultCacheSize    = 10000
 	DefaultServeStale   = time.Hour
 	DefaultMaxPerClient = 100
+	DefaultMaxForwards  = 1000
 )
 
 // Options configure a Server. Zero values take the defaults above.
@@ -52,8 +53,12 @@ type Options struct {
 	// served when every upstream fails (RFC 8767); negative turns serving
 	// stale off.
 	ServeStale time.Duration
-	// MaxPerClient bounds the queries in flight per client address.
+	// MaxPerClient bounds the upstream questions in flight per client: a
+	// source address and the domain asked (limiter.go).
 	MaxPerClient int
+	// MaxForwards bounds the upstream questions in flight in all, shared
+	// fairly among clients; zone answers are never limited.
+	MaxForwards int
 	// Logger receives the stub's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -81,6 +86,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxPerClient == 0 {
 		o.MaxPerClient = DefaultMaxPerClient
+	}
+	if o.MaxForwards == 0 {
+		o.MaxForwards = DefaultMaxForwards
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -143,6 +151,9 @@ func (o Options) Validate() error {
 	}
 	if o.MaxPerClient < 0 {
 		bad("maxPerClient", "%d is negative", o.MaxPerClient)
+	}
+	if o.MaxForwards < 0 {
+		bad("maxForwards", "%d is negative", o.MaxForwards)
 	}
 	for i, u := range o.Upstreams {
 		if !u.IsValid() || u.Port() == 0 || u.Addr().Unmap().IsUnspecified() {

@@ -53,11 +53,12 @@ type Server struct {
 	mu        sync.Mutex // guards the servers and the fields below
 	udp, tcp  *dns.Server
 	also      []*dns.Server // the servers on Options.AlsoListen
-	looping   map[netip.AddrPort]bool
 	loopsSeen map[string]bool
 	lastErrs  []ForwardError
 
-	clients *limiter // queries in flight per client
+	forwards *forwardLimiter // upstream questions in flight, per client
+	flights  *flights        // identical questions share one upstream query
+	loops    *loopGuard      // questions that looped, per upstream
 
 	cmu      sync.Mutex // guards the map below
 	inflight map[inflightKey]string
@@ -86,9 +87,10 @@ func New(o Options) (*Server, error) {
 		metrics:   newMetrics(),
 		cache:     newCache(o.CacheSize, o.ServeStale),
 		now:       time.Now,
-		looping:   map[netip.AddrPort]bool{},
 		loopsSeen: map[string]bool{},
-		clients:   newLimiter(o.MaxPerClient),
+		forwards:  newForwardLimiter(o.MaxForwards, o.MaxPerClient),
+		flights:   newFlights(),
+		loops:     newLoopGuard(),
 		inflight:  map[inflightKey]string{},
 	}
 	for _, n := range o.NamespaceDomains {
@@ -124,6 +126,9 @@ func (s *Server) Start() error {
 	pc, err := net.ListenPacket("udp", s.opts.Listen.String())
 	if err != nil {
 		return fmt.Errorf("start dns stub: listen udp %s: %w", s.opts.Listen, err)
+	}
+	if !growReadBuffer(pc.(*net.UDPConn)) {
+		s.log.Debug("dns stub udp receive buffer capped by net.core.rmem_max (no CAP_NET_ADMIN)")
 	}
 	bound := pc.LocalAddr().(*net.UDPAddr).AddrPort()
 	bound = netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port())
@@ -315,8 +320,8 @@ func (s *Server) SetUpstreams(ups []netip.AddrPort) {
 		out = append(out, u)
 	}
 	s.upstreams.Store(&out)
+	s.loops.reset()
 	s.mu.Lock()
-	s.looping = map[netip.AddrPort]bool{}
 	s.loopsSeen = map[string]bool{}
 	s.mu.Unlock()
 }
@@ -361,10 +366,6 @@ func (s *Server) allowed(src netip.Addr) bool {
 	return src.IsValid() && slices.Contains(s.opts.AlsoListen, src)
 }
 
-func (s *Server) acquire(src netip.Addr) bool { return s.clients.acquire(src) }
-
-func (s *Server) release(src netip.Addr) { s.clients.release(src) }
-
 func (s *Server) trackInflight(k inflightKey, upstream string, add bool) {
 	s.cmu.Lock()
 	defer s.cmu.Unlock()
@@ -386,31 +387,6 @@ func (s *Server) loopedBack(req *dns.Msg) (string, bool) {
 	defer s.cmu.Unlock()
 	u, ok := s.inflight[inflightKey{id: req.Id, name: strings.ToLower(q.Name), qtype: q.Qtype}]
 	return u, ok
-}
-
-func (s *Server) isLooping(u netip.AddrPort) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.looping[u]
-}
-
-// loopDetected answers a query that came back from our own forwarding.
-// An upstream named by our marker is certainly a loop: it is skipped
-// until the upstreams are set again.
-func (s *Server) loopDetected(upstream string, marked bool) {
-	s.metrics.loops.Inc()
-	s.mu.Lock()
-	first := !s.loopsSeen[upstream]
-	s.loopsSeen[upstream] = true
-	if marked {
-		if u, err := netip.ParseAddrPort(upstream); err == nil {
-			s.looping[u] = true
-		}
-	}
-	s.mu.Unlock()
-	if first {
-		s.log.Error("forwarding loop detected: upstream "+upstream+" points back at the stub", "upstream", upstream)
-	}
 }
 
 // ServeDNS answers one query; it is the handler of both servers.
@@ -471,17 +447,11 @@ func (s *Server) handle(src netip.Addr, tcp bool, req *dns.Msg) (*dns.Msg, strin
 	if _, ok := dns.IsDomainName(q.Name); !ok || !dns.IsFqdn(q.Name) {
 		return rcodeReply(req, dns.RcodeFormatError), resultFormErr
 	}
-	if !s.acquire(src) {
-		s.metrics.clientLimit.Inc()
-		return rcodeReply(req, dns.RcodeRefused), resultRefused
-	}
-	defer s.release(src)
 	if u, ok := s.loopedBack(req); ok {
-		_, marked := s.loopMarker(req)
-		s.loopDetected(u, marked)
+		s.loopDetected(u, q)
 		return rcodeReply(req, dns.RcodeServerFailure), resultLoop
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.queryBudget())
+	ctx, cancel := context.WithTimeout(withClient(context.Background(), src), s.queryBudget())
 	defer cancel()
 	return s.resolve(ctx, req, q)
 }
@@ -562,7 +532,7 @@ func (s *Server) answerZone(ctx context.Context, z *zone, req *dns.Msg, q dns.Qu
 func (s *Server) relay(ctx context.Context, req *dns.Msg, q dns.Question, kind string, targets []target) (*dns.Msg, string) {
 	r, result := s.resolveForwarded(ctx, kind, targets, q, req.RecursionDesired, ednsBits(req), req.CheckingDisabled)
 	if r == nil {
-		return rcodeReply(req, dns.RcodeServerFailure), result
+		return forwardFailure(req, result), result
 	}
 	m := r // already a private copy (cache) or a fresh reply
 	if result == resultForwarded {

@@ -16,10 +16,15 @@ type Status struct {
 	SnapshotVersion uint64 `json:"snapshotVersion"`
 	ZoneRecords     int    `json:"zoneRecords"`
 	ZoneNames       int    `json:"zoneNames"`
-	// Upstreams are the host's resolvers; Looping those found to point
-	// back at the stub, skipped until the upstreams are set again.
+	// Upstreams are the host's resolvers. Looping are the questions found
+	// to come back to the stub through one of them, "upstream name type":
+	// that name and type skip that upstream for a minute.
 	Upstreams []string `json:"upstreams"`
 	Looping   []string `json:"looping,omitempty"`
+	// ForwardsInFlight are the questions sent upstream and not yet
+	// answered; MaxForwards bounds them.
+	ForwardsInFlight int `json:"forwardsInFlight"`
+	MaxForwards      int `json:"maxForwards"`
 	// KubeDNS are the servers of cluster names the stub forwards.
 	KubeDNS     []kubeDNSTarget `json:"kubeDNS"`
 	CacheSize   int             `json:"cacheSize"`
@@ -74,12 +79,11 @@ func (s *Server) Status() any {
 	for _, u := range *s.upstreams.Load() {
 		st.Upstreams = append(st.Upstreams, u.String())
 	}
+	st.Looping = s.loops.list(s.now())
+	st.ForwardsInFlight = s.forwards.inFlight()
+	st.MaxForwards = s.opts.MaxForwards
 	s.mu.Lock()
-	for u := range s.looping {
-		st.Looping = append(st.Looping, u.String())
-	}
 	st.LastErrors = slices.Clone(s.lastErrs)
 	s.mu.Unlock()
-	slices.Sort(st.Looping)
 	return st
 }
