@@ -422,8 +422,11 @@ func checkNFTables(t *testing.T, snap *cluster.Snapshot, fam proxy.Family) {
 	verdicts := func(where, text string) {
 		f := strings.Fields(text)
 		for i, w := range f {
-			if (w == "jump" || w == "goto") && i+1 < len(f) && !chains[f[i+1]] {
-				t.Errorf("nftables %s %s: %s to undefined chain %s", fam, where, w, f[i+1])
+			if (w == "jump" || w == "goto") && i+1 < len(f) {
+				// An inline verdict map's element ends with "," or " }".
+				if c := strings.TrimRight(f[i+1], ","); !chains[c] {
+					t.Errorf("nftables %s %s: %s to undefined chain %s", fam, where, w, c)
+				}
 			}
 			if strings.HasPrefix(w, "@") && !sets[w[1:]] {
 				t.Errorf("nftables %s %s: undefined set %s", fam, where, w)
