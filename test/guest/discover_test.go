@@ -23,12 +23,16 @@ type kernelPackage struct {
 }
 
 var kernelPackages = []kernelPackage{
-	{Dir: "internal/proxy", Name: "proxy", Markers: []string{"nftNetns", "iptNetns"}},
+	{Dir: "internal/proxy", Name: "proxy", Markers: []string{"nftNetns", "iptNetns", "testNetns"}},
 	{Dir: "internal/routes", Name: "routes", Markers: []string{"newTestNetns"}},
 	// The stub's tests on real UDP and TCP sockets on the loopback.
 	{Dir: "internal/dnsstub", Name: "dnsstub", Markers: []string{"Start", "ListenPacket", "Listen", "Dial", "Exchange"}},
-	// internal/hostdns has no kernel or namespace tests: it writes files
+	// The link systemd-resolved is pointed at (veth, its address, a socket
+	// bound to it reaching the stub); the rest of hostdns writes files
 	// under a temporary host root and talks to a fake resolved.
+	{Dir: "internal/hostdns", Name: "hostdns", Markers: []string{"inNewNetns"}},
+	// The host guard's netlink watcher following address and route changes.
+	{Dir: "internal/hostguard", Name: "hostguard", Markers: []string{"testNetns"}},
 }
 
 // kernelTests returns the names of the package's top-level tests that

@@ -1,8 +1,8 @@
 // Package guest proves the agent on the kernels and userlands users run:
 // it boots Debian guests with their own kernel under qemu (hack/guest.sh:
 // Debian 12 with 6.1, Debian 11 with 5.10 and nft 0.9.8), runs the
-// real-kernel tests of internal/proxy, internal/routes and internal/dnsstub
-// there, and checks with real packets that the built agent, started with
+// real-kernel tests of internal/proxy, routes, dnsstub, hostdns and
+// hostguard there, and checks with real packets that the built agent, started with
 // no reachable API server but a saved snapshot, proxies a ClusterIP to a
 // pod with the backend proxy.mode auto picks. One boot per guest runs
 // everything; each guest's tests are reported as subtests.
