@@ -60,16 +60,28 @@ func newTestDaemon(t *testing.T, cons Consumer, objs ...any) (*Daemon, *fake.Cli
 
 func newTestDaemonWith(t *testing.T, consumers []Consumer) (*Daemon, *fake.Clientset, func()) {
 	t.Helper()
+	return newTestDaemonOpts(t, consumers, nil)
+}
+
+// newTestDaemonOpts starts a daemon on a fake clientset with the test
+// defaults, changed by tweak (nil: none), and returns it, its client and
+// its stop function.
+func newTestDaemonOpts(t *testing.T, consumers []Consumer, tweak func(*Options)) (*Daemon, *fake.Clientset, func()) {
+	t.Helper()
 	cfg := config.Default()
 	cfg.HostRoot = t.TempDir()
 	cfg.HealthzBindAddress, cfg.MetricsBindAddress = "", ""
 	cfg.Proxy.MinSyncPeriod.Duration = 10 * time.Millisecond
 	client := fake.NewClientset()
-	d, err := New(Options{
+	o := Options{
 		Config: cfg, Client: client, APIHost: "fake", Version: "test",
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Consumers: consumers,
-	})
+	}
+	if tweak != nil {
+		tweak(&o)
+	}
+	d, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

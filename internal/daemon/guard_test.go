@@ -2,17 +2,13 @@ package daemon
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
-	"github.com/bridge-agent/bridge-agent/internal/config"
 	"github.com/bridge-agent/bridge-agent/internal/hostguard"
 )
 
@@ -21,24 +17,11 @@ import (
 // reaches them, the others do, and status names each refusal.
 func TestPublishGuarded(t *testing.T) {
 	cons := &recordingConsumer{}
-	cfg := config.Default()
-	cfg.HostRoot = t.TempDir()
-	cfg.HealthzBindAddress, cfg.MetricsBindAddress = "", ""
-	cfg.Proxy.MinSyncPeriod.Duration = 10 * time.Millisecond
-	cfg.ServiceCIDRs = []string{"10.96.0.0/12", "127.0.0.0/8"}
-	client := fake.NewClientset()
-	d, err := New(Options{Config: cfg, Client: client, APIHost: "fake", Version: "test",
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Consumers: []Consumer{cons}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	d, client, stop := newTestDaemonOpts(t, []Consumer{cons}, func(o *Options) {
+		o.Config.ServiceCIDRs = []string{"10.96.0.0/12", "127.0.0.0/8"}
+	})
+	defer stop()
+	ctx := context.Background()
 	for name, ip := range map[string]string{"ok": "10.96.0.20", "outside": "10.200.0.1", "loop": "127.0.0.5"} {
 		if _, err := client.CoreV1().Services("shop").Create(ctx, &v1.Service{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name},

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -14,10 +13,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/utils/ptr"
 
-	"github.com/bridge-agent/bridge-agent/internal/config"
 	"github.com/bridge-agent/bridge-agent/internal/hostguard"
 )
 
@@ -50,23 +47,9 @@ func TestGuardRepublishCountsTriggersOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	cons := &observingConsumer{}
-	cfg := config.Default()
-	cfg.HostRoot = t.TempDir()
-	cfg.HealthzBindAddress, cfg.MetricsBindAddress = "", ""
-	cfg.Proxy.MinSyncPeriod.Duration = 10 * time.Millisecond
-	client := fake.NewClientset()
-	d, err := New(Options{Config: cfg, Client: client, APIHost: "fake", Version: "test", Guard: w,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Consumers: []Consumer{cons}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	_, client, stop := newTestDaemonOpts(t, []Consumer{cons}, func(o *Options) { o.Guard = w })
+	defer stop()
+	ctx := context.Background()
 
 	if _, err := client.CoreV1().Services("shop").Create(ctx, &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "orders"},
