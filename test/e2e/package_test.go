@@ -967,12 +967,15 @@ func TestPackageRPM(t *testing.T) {
 	if !strings.Contains(flags, "/etc/bridge-agent/config.yaml cn\n") {
 		t.Errorf("config.yaml is not %%config(noreplace):\n%s", flags)
 	}
-	// %doc (flag d): README, changelog, copyright. No %license (l): the
-	// project has no license text yet.
+	// %doc (flag d): README, changelog, copyright; %license (l): the
+	// license text.
 	for _, f := range []string{"README.md", "changelog.gz", "copyright"} {
 		if !strings.Contains(flags, "/usr/share/doc/bridge-agent/"+f+" d\n") {
 			t.Errorf("%s is not %%doc:\n%s", f, flags)
 		}
+	}
+	if !strings.Contains(flags, "/usr/share/licenses/bridge-agent/LICENSE l\n") {
+		t.Errorf("LICENSE is not %%license:\n%s", flags)
 	}
 	if !strings.Contains(files, "/usr/lib/systemd/system-preset/80-bridge-agent.preset\n") {
 		t.Errorf("rpm -qpl: no preset:\n%s", files)
