@@ -60,7 +60,8 @@ func runCmd(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bridge-agent: %v\n", err)
 		return 1
 	}
-	log := daemon.NewLogger(stderr, cfg.Logging.Format, cfg.Logging.Verbosity)
+	journal := cfg.Logging.Journal == "always" || cfg.Logging.Journal == "auto" && daemon.StderrIsJournal(stderr)
+	log := daemon.NewLogger(stderr, cfg.Logging.Format, cfg.Logging.Verbosity, journal)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
