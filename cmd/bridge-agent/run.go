@@ -167,7 +167,7 @@ func newProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (proxyB
 			}
 			return proxy.RemoveCreatedTables(ctx, stateDir)
 		}
-		return &cleaningProxy{proxyBackend: p, other: "iptables", cleanup: cleanup, log: log, modeReason: reason}, nil
+		return &cleaningProxy{proxyBackend: p, backend: mode, other: "iptables", cleanup: cleanup, log: log, modeReason: reason}, nil
 	default:
 		variant := proxy.Variant(cfg.Proxy.IPTablesVariant)
 		if variant == "auto" {
@@ -185,7 +185,7 @@ func newProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (proxyB
 			return nil, err
 		}
 		log.Info("proxy: iptables", "variant", p.Variant())
-		return &cleaningProxy{proxyBackend: p, other: "nftables", cleanup: proxy.CleanupNFTables, log: log, modeReason: reason}, nil
+		return &cleaningProxy{proxyBackend: p, backend: "iptables", other: "nftables", cleanup: proxy.CleanupNFTables, log: log, modeReason: reason}, nil
 	}
 }
 
@@ -193,6 +193,7 @@ func newProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (proxyB
 // synced successfully.
 type cleaningProxy struct {
 	proxyBackend
+	backend string
 	other   string
 	cleanup func(context.Context) error
 	cleaned bool
@@ -209,6 +210,11 @@ func (c *cleaningProxy) Status() any {
 		return ps
 	}
 	return st
+}
+
+// Summary names the backend for the agent's STATUS= line.
+func (c *cleaningProxy) Summary() string {
+	return "proxy " + c.backend
 }
 
 // Sync syncs the backend, then, once, removes the other backend's rules.
