@@ -298,9 +298,14 @@ func Default() *Config {
 }
 
 // Parse reads a configuration document over the defaults. Unknown fields are
-// errors, so a typo never silently falls back to a default.
+// errors, so a typo never silently falls back to a default; every unknown
+// field and every value of the wrong type is reported at once, by path and
+// line (a ParseError).
 func Parse(data []byte) (*Config, error) {
 	if err := checkOneDocument(data); err != nil {
+		return nil, fmt.Errorf("parse config: %w", err)
+	}
+	if err := checkFields(data); err != nil {
 		return nil, fmt.Errorf("parse config: %w", err)
 	}
 	c := Default()
