@@ -40,8 +40,8 @@ func TestRunRejectsBadInputWithOneLine(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			if code := realMain(args, &stdout, &stderr); code != 1 {
-				t.Fatalf("exit %d, want 1; stderr: %s", code, stderr.String())
+			if code := realMain(args, &stdout, &stderr); code != exitConfig {
+				t.Fatalf("exit %d, want %d; stderr: %s", code, exitConfig, stderr.String())
 			}
 			if lines := strings.Split(strings.TrimSpace(stderr.String()), "\n"); len(lines) != 1 {
 				t.Errorf("want one line, got:\n%s", stderr.String())

@@ -1,16 +1,17 @@
 package main
 
 import (
-	"time"
-
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -24,10 +25,19 @@ import (
 	"github.com/bridge-agent/bridge-agent/internal/version"
 )
 
+// exitConfig (EX_CONFIG, sysexits.h) is run's exit status for a
+// configuration a restart cannot fix: a bad config file, credentials that
+// do not exist yet. The unit's RestartPreventExitStatus=78 keeps systemd
+// from restarting the agent every RestartSec until the admin acts.
+const exitConfig = 78
+
 func runCmd(args []string, stderr io.Writer) int {
 	f := newConfigFlags("run", stderr)
 	cfg, code, ok := f.loadOrReport(args, stderr, true)
 	if !ok {
+		if code != 0 {
+			return exitConfig
+		}
 		return code
 	}
 	rc, err := cluster.RESTConfig(cluster.ClientOptions{
@@ -37,14 +47,18 @@ func runCmd(args []string, stderr io.Writer) int {
 		CAFile:     cfg.APIServer.CAFile,
 		UserAgent:  "bridge-agent/" + version.Version,
 	})
+	if errors.Is(err, fs.ErrNotExist) {
+		fmt.Fprintf(stderr, "bridge-agent: no credentials for the cluster yet: %v; make them with `bridge-agent kubeconfig` (man bridge-agent), then `systemctl start bridge-agent`\n", err)
+		return exitConfig
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "bridge-agent: %v\n", err)
-		return 1
+		return exitConfig
 	}
 	client, err := cluster.NewClient(rc)
 	if err != nil {
 		fmt.Fprintf(stderr, "bridge-agent: %v\n", err)
-		return 1
+		return exitConfig
 	}
 	// One agent per host: a second one would fight the first over the
 	// same rules, routes and resolver. The lock is held until exit.
@@ -60,7 +74,8 @@ func runCmd(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bridge-agent: %v\n", err)
 		return 1
 	}
-	log := daemon.NewLogger(stderr, cfg.Logging.Format, cfg.Logging.Verbosity)
+	journal := cfg.Logging.Journal == "always" || cfg.Logging.Journal == "auto" && daemon.StderrIsJournal(stderr)
+	log := daemon.NewLogger(stderr, cfg.Logging.Format, cfg.Logging.Verbosity, journal)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -166,7 +181,7 @@ func newProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (proxyB
 			}
 			return proxy.RemoveCreatedTables(ctx, stateDir)
 		}
-		return &cleaningProxy{proxyBackend: p, other: "iptables", cleanup: cleanup, log: log, modeReason: reason}, nil
+		return &cleaningProxy{proxyBackend: p, backend: mode, other: "iptables", cleanup: cleanup, log: log, modeReason: reason}, nil
 	default:
 		variant := proxy.Variant(cfg.Proxy.IPTablesVariant)
 		if variant == "auto" {
@@ -184,7 +199,7 @@ func newProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (proxyB
 			return nil, err
 		}
 		log.Info("proxy: iptables", "variant", p.Variant())
-		return &cleaningProxy{proxyBackend: p, other: "nftables", cleanup: proxy.CleanupNFTables, log: log, modeReason: reason}, nil
+		return &cleaningProxy{proxyBackend: p, backend: "iptables", other: "nftables", cleanup: proxy.CleanupNFTables, log: log, modeReason: reason}, nil
 	}
 }
 
@@ -192,6 +207,7 @@ func newProxy(ctx context.Context, cfg *config.Config, log *slog.Logger) (proxyB
 // synced successfully.
 type cleaningProxy struct {
 	proxyBackend
+	backend string
 	other   string
 	cleanup func(context.Context) error
 	cleaned bool
@@ -208,6 +224,11 @@ func (c *cleaningProxy) Status() any {
 		return ps
 	}
 	return st
+}
+
+// Summary names the backend for the agent's STATUS= line.
+func (c *cleaningProxy) Summary() string {
+	return "proxy " + c.backend
 }
 
 // Sync syncs the backend, then, once, removes the other backend's rules.

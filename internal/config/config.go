@@ -250,6 +250,11 @@ type Logging struct {
 	Format string `json:"format,omitempty"`
 	// Verbosity: 0 sync summaries, 2 per object, 4 dumps (default 0).
 	Verbosity int `json:"verbosity,omitempty"`
+	// Journal is "auto", "always" or "never" (default auto): whether each
+	// line starts with its syslog priority (<3> error ... <7> debug) and
+	// leaves out the time, for the systemd journal. auto does so when
+	// stderr is the journal (systemd's JOURNAL_STREAM names it).
+	Journal string `json:"journal,omitempty"`
 }
 
 // Default returns the configuration used for every field a file leaves out.
@@ -288,14 +293,19 @@ func Default() *Config {
 			MaxConcurrentPerClient: 100,
 			MaxConcurrentForwards:  1000,
 		},
-		Logging: Logging{Format: "text"},
+		Logging: Logging{Format: "text", Journal: "auto"},
 	}
 }
 
 // Parse reads a configuration document over the defaults. Unknown fields are
-// errors, so a typo never silently falls back to a default.
+// errors, so a typo never silently falls back to a default; every unknown
+// field and every value of the wrong type is reported at once, by path and
+// line (a ParseError).
 func Parse(data []byte) (*Config, error) {
 	if err := checkOneDocument(data); err != nil {
+		return nil, fmt.Errorf("parse config: %w", err)
+	}
+	if err := checkFields(data); err != nil {
 		return nil, fmt.Errorf("parse config: %w", err)
 	}
 	c := Default()
@@ -456,6 +466,11 @@ func (c *Config) Validate() error {
 	c.validateGuard(bad)
 	if c.Logging.Format != "text" && c.Logging.Format != "json" {
 		bad("logging.format", quote(c.Logging.Format), `must be "text" or "json"`)
+	}
+	switch c.Logging.Journal {
+	case "auto", "always", "never":
+	default:
+		bad("logging.journal", quote(c.Logging.Journal), `must be "auto", "always" or "never"`)
 	}
 	if c.Logging.Verbosity < 0 || c.Logging.Verbosity > 10 {
 		bad("logging.verbosity", c.Logging.Verbosity, "must be between 0 and 10")

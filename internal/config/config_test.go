@@ -187,6 +187,7 @@ func TestValidateEachField(t *testing.T) {
 		{"routes.device", func(c *Config) { c.Routes = gatewayRoutes(func(r *Routes) { r.Device = "averyveryverylongname" }) }},
 		{"logging.format", func(c *Config) { c.Logging.Format = "xml" }},
 		{"logging.verbosity", func(c *Config) { c.Logging.Verbosity = 11 }},
+		{"logging.journal", func(c *Config) { c.Logging.Journal = "yes" }},
 		// Paths: escapes and directories that are not the agent's own.
 		{"stateDir", func(c *Config) { c.StateDir = "/../../tmp/x" }},
 		{"stateDir", func(c *Config) { c.StateDir = "/" }},

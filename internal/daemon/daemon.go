@@ -54,10 +54,21 @@ type Options struct {
 	// serves the last snapshot known good from the state directory (default
 	// 2s; negative never restores).
 	RestoreAfter time.Duration
+	// ReadyTimeout bounds how long a start waits for the first full sync
+	// before it tells systemd READY=1 anyway, with STATUS= saying what the
+	// agent waits for (default DefaultReadyTimeout; negative: no bound).
+	ReadyTimeout time.Duration
 	// Guard keeps this host's facts for the host guard; Run runs it. nil:
 	// only the special ranges and the Service ranges are checked.
 	Guard *hostguard.Watcher
 }
+
+// DefaultReadyTimeout is how long a start under systemd waits for the
+// first full sync before it reports READY=1 anyway: a healthy API server
+// lists a large cluster in a few seconds; one that cannot be reached (a
+// wrong CA, a network down at boot) must not hold `systemctl start` and the
+// boot for minutes, saying nothing.
+const DefaultReadyTimeout = 15 * time.Second
 
 // SnapshotFile is the name of the last snapshot known good, in the state
 // directory.
@@ -93,6 +104,7 @@ type Daemon struct {
 	filter    *hostguard.Filter // between the cluster view and the consumers
 
 	restoreAfter time.Duration
+	readyTimeout time.Duration
 	statePath    string
 
 	mu          sync.Mutex
@@ -129,10 +141,14 @@ func New(o Options) (*Daemon, error) {
 		filter:     hostguard.NewFilter(o.Config.ParsedServiceCIDRs(), o.Logger),
 
 		restoreAfter: o.RestoreAfter,
+		readyTimeout: o.ReadyTimeout,
 		statePath:    filepath.Join(o.Config.HostPath(o.Config.StateDir), SnapshotFile),
 	}
 	if d.restoreAfter == 0 {
 		d.restoreAfter = 2 * time.Second
+	}
+	if d.readyTimeout == 0 {
+		d.readyTimeout = DefaultReadyTimeout
 	}
 	for _, c := range d.consumers {
 		d.consumerSt[c.Name()] = &ConsumerState{Name: c.Name()}
@@ -187,6 +203,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 
 	d.log.Info("starting", "version", d.version, "apiServer", d.apiHost)
+	d.updateStatus()
+	if d.readyTimeout > 0 {
+		t := time.AfterFunc(d.readyTimeout, func() {
+			if !d.notify.isReady() && ctx.Err() == nil {
+				d.log.Warn("no full sync yet: telling systemd the start is done; the agent keeps trying", "after", d.readyTimeout, "status", d.statusLine())
+				d.updateStatus()
+			}
+		})
+		defer t.Stop()
+	}
 	d.watcher.Start(ctx)
 	wg.Go(func() { d.waitForSync(ctx) })
 	wg.Go(func() { d.runner.Run(ctx) })
@@ -248,6 +274,7 @@ func (d *Daemon) waitForSync(ctx context.Context) {
 				d.log.Warn("cannot reach the API server; retrying", "apiServer", d.apiHost, "err", err)
 			}
 		}
+		d.updateStatus()
 	}
 	d.log.Info("informers synced")
 	d.runner.Poke()

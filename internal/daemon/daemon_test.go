@@ -243,20 +243,161 @@ func TestSDNotify(t *testing.T) {
 	seen := map[string]bool{}
 	read := func(want string) {
 		t.Helper()
-		buf := make([]byte, 256)
+		buf := make([]byte, 1024)
 		for !seen[want] {
 			_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 			n, err := conn.Read(buf)
 			if err != nil {
 				t.Fatalf("waiting for %s: %v (seen %v)", want, err, seen)
 			}
-			seen[string(buf[:n])] = true
+			for _, l := range strings.Split(string(buf[:n]), "\n") {
+				seen[l] = true
+			}
 		}
 	}
 	read("READY=1")
 	read("WATCHDOG=1")
 	stop()
 	read("STOPPING=1")
+}
+
+// summarizingConsumer adds a Summary to a recordingConsumer.
+type summarizingConsumer struct{ *recordingConsumer }
+
+func (summarizingConsumer) Summary() string { return "proxy test" }
+
+// notifyListener listens on a notify socket in a temp dir, sets
+// NOTIFY_SOCKET to it, and returns a function that reads the next
+// datagram's lines (failing the test after timeout).
+func notifyListener(t *testing.T) func(timeout time.Duration) []string {
+	t.Helper()
+	sock := t.TempDir() + "/notify.sock"
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	t.Setenv("NOTIFY_SOCKET", sock)
+	return func(timeout time.Duration) []string {
+		t.Helper()
+		buf := make([]byte, 1024)
+		_ = conn.SetReadDeadline(time.Now().Add(timeout))
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("reading the notify socket: %v", err)
+		}
+		return strings.Split(string(buf[:n]), "\n")
+	}
+}
+
+// TestSDNotifyStatus: STATUS= says what the agent waits for while the API
+// server is down, READY=1 comes after ReadyTimeout without a sync, and
+// STATUS= follows the state: ready with counts and the consumers' summary,
+// then a sync error.
+func TestSDNotifyStatus(t *testing.T) {
+	read := notifyListener(t)
+	var down atomic.Bool
+	down.Store(true)
+	cons := &recordingConsumer{}
+	const readyTimeout = 300 * time.Millisecond
+	start := time.Now()
+	_, client, stop := newTestDaemonOpts(t, []Consumer{summarizingConsumer{cons}}, func(o *Options) {
+		o.ReadyTimeout = readyTimeout
+		o.RestoreAfter = -1
+		fc := o.Client.(*fake.Clientset)
+		if err := fc.Tracker().Add(&v1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "orders"},
+			Spec:       v1.ServiceSpec{ClusterIP: "10.96.0.20", ClusterIPs: []string{"10.96.0.20"}, Ports: []v1.ServicePort{{Port: 80}}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		fc.PrependReactor("*", "*", func(k8stesting.Action) (bool, runtime.Object, error) {
+			if down.Load() {
+				return true, nil, errors.New("dial tcp 10.0.0.1:6443: connection refused")
+			}
+			return false, nil, nil
+		})
+	})
+	defer stop()
+
+	// next reads datagrams until one has a line starting with prefix and
+	// returns that line, and whether READY=1 came before or with it.
+	ready := false
+	next := func(prefix string) string {
+		t.Helper()
+		var seen []string
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			for _, l := range read(time.Until(deadline)) {
+				seen = append(seen, l)
+				if l == "READY=1" {
+					if ready {
+						t.Errorf("READY=1 sent twice")
+					}
+					ready = true
+					if e := time.Since(start); e < readyTimeout {
+						t.Errorf("READY=1 after %s, before ReadyTimeout %s without a sync", e, readyTimeout)
+					}
+				}
+				if strings.HasPrefix(l, prefix) {
+					return l
+				}
+			}
+		}
+		t.Fatalf("no %q in %q", prefix, seen)
+		return ""
+	}
+	// First "listing ...", then the probe's error.
+	if l := next("STATUS=waiting for the API server: "); l != "STATUS=waiting for the API server: listing Services, EndpointSlices and Nodes" {
+		t.Errorf("first status = %q", l)
+	}
+	next("STATUS=waiting for the API server: dial tcp 10.0.0.1:6443: connection refused")
+	next("READY=1")
+	down.Store(false)
+	if l := next("STATUS=ready: "); l != "STATUS=ready: 1 services, 0 endpoints; proxy test" {
+		t.Errorf("ready status = %q", l)
+	}
+	cons.failing.Store(true)
+	if _, err := client.CoreV1().Services("shop").Create(context.Background(), &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "billing"},
+		Spec:       v1.ServiceSpec{ClusterIP: "10.96.0.21", ClusterIPs: []string{"10.96.0.21"}, Ports: []v1.ServicePort{{Port: 80}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if l := next("STATUS=sync error: "); l != "STATUS=sync error: test: kernel said no" {
+		t.Errorf("sync error status = %q", l)
+	}
+}
+
+func TestStatusLine(t *testing.T) {
+	tr := cluster.NewTracker(cluster.TrackerOptions{})
+	tr.UpdateService(&v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "orders"},
+		Spec:       v1.ServiceSpec{ClusterIP: "10.96.0.20", Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
+	})
+	live := tr.Snapshot()
+	saved := *live
+	saved.Restored = time.Date(2026, 12, 4, 20, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		syncErr, apiErr string
+		done            *cluster.Snapshot
+		consumers       []string
+		want            string
+	}{
+		{"", "", nil, nil, "waiting for the API server: listing Services, EndpointSlices and Nodes"},
+		{"", "x509: certificate signed by unknown authority", nil, nil, "waiting for the API server: x509: certificate signed by unknown authority"},
+		{"", "connection refused", &saved, nil, "serving the saved snapshot of 2026-12-04T20:00:00Z (API server unreachable: connection refused)"},
+		{"", "", live, []string{"proxy nftables"}, "ready: 1 services, 0 endpoints; proxy nftables"},
+		{"", "", live, nil, "ready: 1 services, 0 endpoints"},
+		{"proxy: nft: exit 1", "", live, nil, "sync error: proxy: nft: exit 1"},
+	} {
+		if got := statusLine(c.syncErr, c.apiErr, c.done, c.consumers); got != c.want {
+			t.Errorf("statusLine(%q, %q, ...) = %q, want %q", c.syncErr, c.apiErr, got, c.want)
+		}
+	}
+	if got := oneLine("a\nb:\tc  d"); got != "a; b: c d" {
+		t.Errorf("oneLine = %q", got)
+	}
 }
 
 // TestSavedSnapshot: an agent that cannot list the cluster at start serves

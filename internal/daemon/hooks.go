@@ -23,3 +23,10 @@ func details(c Consumer) json.RawMessage {
 	}
 	return b
 }
+
+// Summarizer is implemented by consumers that add a few words to the
+// agent's one-line state for systemd (STATUS=, `systemctl status`), such as
+// "proxy nftables".
+type Summarizer interface {
+	Summary() string
+}

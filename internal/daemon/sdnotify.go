@@ -4,6 +4,8 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 )
 
@@ -11,6 +13,10 @@ import (
 // set; otherwise every call is a no-op.
 type notifier struct {
 	socket string
+
+	mu     sync.Mutex
+	status string // the last STATUS= sent
+	ready  bool   // READY=1 sent
 }
 
 func newNotifier() *notifier {
@@ -33,6 +39,48 @@ func (n *notifier) send(state string) error {
 	defer conn.Close()
 	_, err = conn.Write([]byte(state))
 	return err
+}
+
+// setStatus sends STATUS=text (one line, shown by `systemctl status`) when
+// it differs from the last one sent. With ready it sends READY=1 in the same
+// datagram, once.
+func (n *notifier) setStatus(text string, ready bool) error {
+	text = oneLine(text)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var msg []string
+	if text != n.status {
+		msg = append(msg, "STATUS="+text)
+	}
+	if ready && !n.ready {
+		msg = append(msg, "READY=1")
+	}
+	if len(msg) == 0 {
+		return nil
+	}
+	if err := n.send(strings.Join(msg, "\n")); err != nil {
+		return err
+	}
+	n.status = text
+	n.ready = n.ready || ready
+	return nil
+}
+
+// isReady reports whether READY=1 was sent.
+func (n *notifier) isReady() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.ready
+}
+
+// oneLine joins a multi-line text (an errors.Join) with "; " and bounds its
+// length: systemctl status shows one line.
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", "; ")), " ")
+	if len(s) > 400 {
+		s = s[:400] + "..."
+	}
+	return s
 }
 
 // watchdogInterval returns how often to ping systemd's watchdog (half its

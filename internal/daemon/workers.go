@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
@@ -216,6 +217,7 @@ func (d *Daemon) workerDone(w *worker, snap *cluster.Snapshot, seq uint64, publi
 	if advanced {
 		d.snapshotDone(done, elapsed, first)
 	}
+	d.updateStatus()
 }
 
 // snapshotDone reports a snapshot every consumer has synced.
@@ -232,9 +234,63 @@ func (d *Daemon) snapshotDone(snap *cluster.Snapshot, elapsed time.Duration, fir
 	if first {
 		d.metrics.ready.Set(1)
 		d.log.Info("ready: first full sync done", "services", len(snap.Services), "took", time.Since(d.start).Round(time.Millisecond))
-		if err := d.notify.send("READY=1"); err != nil {
-			d.log.Warn("sd_notify failed", "err", err)
+	}
+	d.updateStatus()
+}
+
+// statusLine says in one line what the agent does, for systemd's STATUS=
+// (`systemctl status bridge-agent`).
+func (d *Daemon) statusLine() string {
+	d.mu.Lock()
+	syncErr, snap := d.lastSync.Error, d.doneSnap
+	d.mu.Unlock()
+	var apiErr string
+	if err, _ := d.watcher.LastError(); err != nil {
+		apiErr = err.Error()
+	}
+	var parts []string
+	for _, c := range d.consumers {
+		if s, ok := c.(Summarizer); ok {
+			parts = append(parts, s.Summary())
 		}
+	}
+	return statusLine(syncErr, apiErr, snap, parts)
+}
+
+// statusLine is the STATUS= text: a sync error first, else whether the
+// consumers serve the saved snapshot or the live one, else what the first
+// sync waits for.
+func statusLine(syncErr, apiErr string, done *cluster.Snapshot, consumers []string) string {
+	switch {
+	case syncErr != "":
+		return "sync error: " + syncErr
+	case done != nil && !done.Restored.IsZero():
+		if apiErr == "" {
+			apiErr = "not listed yet"
+		}
+		return fmt.Sprintf("serving the saved snapshot of %s (API server unreachable: %s)", done.Restored.Format(time.RFC3339), apiErr)
+	case done != nil:
+		s := fmt.Sprintf("ready: %d services, %d endpoints", len(done.Services), done.EndpointCount())
+		if len(consumers) > 0 {
+			s += "; " + strings.Join(consumers, ", ")
+		}
+		return s
+	case apiErr != "":
+		return "waiting for the API server: " + apiErr
+	}
+	return "waiting for the API server: listing Services, EndpointSlices and Nodes"
+}
+
+// updateStatus sends systemd the current STATUS= line when it changed, and
+// READY=1 once the consumers serve a snapshot or the start has waited
+// readyTimeout.
+func (d *Daemon) updateStatus() {
+	d.mu.Lock()
+	ready := d.ready
+	d.mu.Unlock()
+	ready = ready || d.readyTimeout > 0 && time.Since(d.start) >= d.readyTimeout
+	if err := d.notify.setStatus(d.statusLine(), ready); err != nil {
+		d.log.Warn("sd_notify failed", "err", err)
 	}
 }
 

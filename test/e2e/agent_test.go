@@ -387,8 +387,8 @@ func TestStartupErrors(t *testing.T) {
 			cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", tb.VMNetns, agentBin}, tc.args...)...)
 			out, err := cmd.CombinedOutput()
 			ee, ok := err.(*exec.ExitError)
-			if !ok || ee.ExitCode() != 1 {
-				t.Fatalf("want exit 1, got %v; output:\n%s", err, out)
+			if !ok || ee.ExitCode() != 78 {
+				t.Fatalf("want exit 78 (EX_CONFIG), got %v; output:\n%s", err, out)
 			}
 			lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 			if len(lines) != 1 || !strings.Contains(lines[0], tc.want) {

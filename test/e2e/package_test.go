@@ -435,6 +435,60 @@ func TestPackage(t *testing.T) {
 		t.Errorf("exposure %s, want at most 3.0:\n%s", m[1], sec)
 	}
 
+	// Started without credentials (a boot before the admin joined the
+	// host): one failed start, status 78 (EX_CONFIG) and why, no restart
+	// loop.
+	if out, err := vm.exec(ctx, "systemctl", "start", "bridge-agent"); err == nil {
+		t.Errorf("start without credentials succeeded:\n%s", out)
+	}
+	time.Sleep(7 * time.Second) // longer than RestartSec
+	if got := unitProp(ctx, t, vm, "ExecMainStatus"); got != "78" {
+		t.Errorf("without credentials: ExecMainStatus %s, want 78", got)
+	}
+	if got := unitProp(ctx, t, vm, "NRestarts"); got != "0" {
+		t.Errorf("without credentials: NRestarts %s, want 0 (no restart loop)", got)
+	}
+	if out, _ := vm.exec(ctx, "systemctl", "status", "--no-pager", "-n", "30", "bridge-agent"); !strings.Contains(string(out), "no credentials for the cluster yet") {
+		t.Errorf("systemctl status without credentials does not say why:\n%s", out)
+	}
+	vm.run(ctx, t, "systemctl", "reset-failed", "bridge-agent")
+
+	// An API server that cannot be reached (nothing listens on its port):
+	// `systemctl start` returns within the ready bound, systemctl status
+	// says why, and the warning is a journal warning.
+	vm.sh(ctx, t, "umask 077; bridge-agent kubeconfig --server https://127.0.0.1:1 --token-file /root/token --ca-file /root/ca.crt > /etc/bridge-agent/kubeconfig")
+	start = time.Now()
+	vm.run(ctx, t, "systemctl", "start", "bridge-agent")
+	took := time.Since(start)
+	t.Logf("systemctl start with the API server unreachable took %s", took.Round(time.Millisecond))
+	if took > 30*time.Second {
+		t.Errorf("systemctl start with the API server unreachable took %s, want about 15 s", took)
+	}
+	if got := unitState(ctx, vm, "is-active"); got != "active" {
+		t.Errorf("with the API server unreachable: is-active %q, want active", got)
+	}
+	st := vm.run(ctx, t, "systemctl", "status", "--no-pager", "bridge-agent")
+	t.Logf("systemctl status, API server unreachable:\n%s", st)
+	if !strings.Contains(st, `Status: "waiting for the API server: `) || !strings.Contains(st, "connection refused") {
+		t.Errorf("systemctl status does not say what the agent waits for:\n%s", st)
+	}
+	warn := vm.run(ctx, t, "journalctl", "--no-pager", "-o", "cat", "-p", "warning", "-u", "bridge-agent")
+	t.Logf("journalctl -p warning:\n%s", warn)
+	if !strings.Contains(warn, "cannot reach the API server") || strings.Contains(warn, "time=") || strings.Contains(warn, "level=INFO") {
+		t.Errorf("journalctl -p warning: want the agent's warning without time= and no info lines:\n%s", warn)
+	}
+	vm.run(ctx, t, "systemctl", "stop", "bridge-agent")
+	// That start wired the DNS link once: the count below is from here.
+	countSets := func() int {
+		out := vm.run(ctx, t, "sh", "-c", "journalctl -u bridge-agent --no-pager | grep -c \"set systemd-resolved's settings of the link\"; true")
+		n, err := strconv.Atoi(strings.TrimSpace(out))
+		if err != nil {
+			t.Fatalf("counting the link settings in the journal: %v (%q)", err, out)
+		}
+		return n
+	}
+	setsBefore := countSets()
+
 	// 2. Join: the kubeconfig from the token and CA, then start.
 	vm.sh(ctx, t, fmt.Sprintf("umask 077; bridge-agent kubeconfig --server %s --token-file /root/token --ca-file /root/ca.crt > /etc/bridge-agent/kubeconfig", tb.APIServerURL))
 	vm.run(ctx, t, "bridge-agent", "kubeconfig", "--check")
@@ -446,6 +500,9 @@ func TestPackage(t *testing.T) {
 	}
 	ready := func(what string) { t.Helper(); vm.waitReady(ctx, t, what) }
 	ready("after start")
+	if st := vm.run(ctx, t, "systemctl", "status", "--no-pager", "bridge-agent"); !regexp.MustCompile(`Status: "ready: \d+ services, \d+ endpoints; proxy nftables"`).MatchString(st) {
+		t.Errorf("systemctl status after start does not say ready:\n%s", st)
+	}
 
 	// 3. From inside the VM, by name, through the host's resolver.
 	byName := func(what string) { t.Helper(); vm.waitByName(ctx, t, what, pod.Name) }
@@ -560,9 +617,8 @@ func TestPackage(t *testing.T) {
 	// The periodic checks in between found the settings as wanted and set
 	// nothing: one wiring per start (start, restart, stop and start,
 	// upgrade) and one for the deleted link.
-	sets := vm.run(ctx, t, "sh", "-c", "journalctl -u bridge-agent --no-pager | grep -c \"set systemd-resolved's settings of the link\"; true")
-	if got := strings.TrimSpace(sets); got != "5" {
-		t.Errorf("the agent set resolved's link settings %s times, want 5 (4 starts and the deleted link): a periodic check rewrote settings that were as wanted", got)
+	if got := countSets() - setsBefore; got != 5 {
+		t.Errorf("the agent set resolved's link settings %d times, want 5 (4 starts and the deleted link): a periodic check rewrote settings that were as wanted", got)
 	}
 
 	// 6. Purge: nothing of ours stays.
