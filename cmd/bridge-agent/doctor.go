@@ -77,20 +77,21 @@ func explainCmd(args []string, stdout, stderr io.Writer) int {
 		f.fs.PrintDefaults()
 	}
 	socket := f.fs.String("socket", "", "status socket (default: statusSocket inside hostRoot from the configuration)")
-	// The target comes after the flags.
+	// Flags may come before and after the target.
 	if err := f.fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
 	}
-	if f.fs.NArg() != 1 {
+	rest := f.fs.Args()
+	if len(rest) == 0 {
 		f.fs.Usage()
 		return 2
 	}
-	target := f.fs.Arg(0)
-	// load parses again, the flags only.
-	cfg, code, ok := f.loadOrReport(args[:len(args)-len(f.fs.Args())], stderr, true)
+	target := rest[0]
+	flagArgs := append(args[:len(args)-len(rest):len(args)-len(rest)], rest[1:]...)
+	cfg, code, ok := f.loadOrReport(flagArgs, stderr, true)
 	if !ok {
 		return code
 	}
