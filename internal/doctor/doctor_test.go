@@ -99,8 +99,8 @@ func TestClassifyAPIError(t *testing.T) {
 	}{
 		"wrong CA": {fmt.Errorf("Post: %w", fmt.Errorf("tls: %w", errors.New("x509: certificate signed by unknown authority"))), false,
 			"wrong CA", "--ca-file"},
-		"refused": {fmt.Errorf("dial: %w", syscall.ECONNREFUSED), false, "connection refused", "server:"},
-		"no route": {fmt.Errorf("dial: %w", syscall.ENETUNREACH), false, "no route to the API server", "route"},
+		"refused":       {fmt.Errorf("dial: %w", syscall.ECONNREFUSED), false, "connection refused", "server:"},
+		"no route":      {fmt.Errorf("dial: %w", syscall.ENETUNREACH), false, "no route to the API server", "route"},
 		"garbage token": {apierrors.NewUnauthorized("Unauthorized"), false, "malformed, revoked", "create token"},
 		"expired token": {apierrors.NewUnauthorized("Unauthorized"), true, "it has expired", "create token"},
 		"forbidden":     {apierrors.NewForbidden(gr, "", errors.New("no")), false, "refused the request", "rbac.yaml"},

@@ -201,7 +201,9 @@ func TestDoctor(t *testing.T) {
 		if _, err := tb.Client.CoreV1().Services(ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = tb.Client.CoreV1().Services(ns).Delete(context.Background(), "lost", metav1.DeleteOptions{}) })
+		t.Cleanup(func() {
+			_ = tb.Client.CoreV1().Services(ns).Delete(context.Background(), "lost", metav1.DeleteOptions{})
+		})
 		ready := true
 		eps := &discoveryv1.EndpointSlice{
 			ObjectMeta:  metav1.ObjectMeta{Name: "lost-1", Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: "lost"}},
