@@ -9,11 +9,14 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -329,4 +332,97 @@ func TestDoctor(t *testing.T) {
 			t.Errorf("without the agent: want the live checks skipped and the others run:\n%s", text.String())
 		}
 	})
+}
+
+// TestStatusLineFollowsOutage: after the first sync, an API server outage
+// shows in systemd's one-line STATUS= (what `systemctl status` prints), with
+// since when and why, while the agent serves the last rules; when the API
+// server returns, the line says ready again.
+func TestStatusLineFollowsOutage(t *testing.T) {
+	requireTestbed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var mu sync.Mutex
+	var statuses []string
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			for _, l := range strings.Split(string(buf[:n]), "\n") {
+				if s, ok := strings.CutPrefix(l, "STATUS="); ok {
+					mu.Lock()
+					statuses = append(statuses, s)
+					mu.Unlock()
+				}
+			}
+		}
+	}()
+	waitStatusLine := func(what, prefix string, after int) int {
+		t.Helper()
+		var at int
+		waitFor(t, 60*time.Second, what, func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			for i := after; i < len(statuses); i++ {
+				if strings.HasPrefix(statuses[i], prefix) {
+					at = i
+					return nil
+				}
+			}
+			return fmt.Errorf("STATUS= lines so far: %q", statuses)
+		})
+		return at
+	}
+	a := newAgent(t, false, nil, "NOTIFY_SOCKET="+sock)
+	if err := a.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.WaitReady(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	i := waitStatusLine("ready", "ready: ", 0)
+	if err := tb.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			_ = tb.StartAPIServer(context.Background())
+		}
+	})
+	i = waitStatusLine("the outage in STATUS=", "API server unreachable since ", i)
+	mu.Lock()
+	line := statuses[i]
+	mu.Unlock()
+	if !strings.Contains(line, "serving the last rules") || !strings.Contains(line, "connection refused") {
+		t.Errorf("STATUS= during the outage: %q", line)
+	}
+	rep, _ := runDoctor(ctx, t, a, a.ConfigPath)
+	var agentCheck *doctor.Check
+	for k := range rep.Checks {
+		if rep.Checks[k].Name == "agent" {
+			agentCheck = &rep.Checks[k]
+		}
+	}
+	if agentCheck == nil || agentCheck.Verdict != doctor.Warn || !strings.Contains(agentCheck.Detail, "unreachable since") {
+		t.Errorf("doctor's agent check during the outage: %+v", agentCheck)
+	}
+	if err := tb.StartAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	waitStatusLine("ready again in STATUS=", "ready: ", i)
+	if out, err := a.Run(ctx, "status"); err != nil || strings.Contains(string(out), "last error") {
+		t.Errorf("status after the API server returned still shows an error: %v\n%s", err, out)
+	}
+	t.Logf("STATUS= lines: %q", statuses)
 }
