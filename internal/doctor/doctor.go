@@ -397,3 +397,28 @@ func verdictOf(c *hostdns.Check) string {
 	}
 	return "failed"
 }
+
+// LocalProblems runs the checks that need neither the API server nor a
+// resolver query: the routes to the cluster's ranges and to the endpoints,
+// what shadows the agent's routes, and the credentials' expiry. It returns
+// those that do not pass, for `bridge-agent status` to show beside what the
+// agent says of itself.
+func LocalProblems(cfg *config.Config, st *daemon.Status, k Kernel, now time.Time) []Check {
+	if k == nil {
+		k = NetlinkKernel{}
+	}
+	r := &Report{}
+	routeChecks(r, k, cfg, st)
+	if rc, err := cluster.RESTConfig(cluster.ClientOptions{
+		Kubeconfig: cfg.Kubeconfig, URL: cfg.APIServer.URL, TokenFile: cfg.APIServer.TokenFile, CAFile: cfg.APIServer.CAFile,
+	}); err == nil {
+		r.add(expiryCheck(ReadCredential(rc), now))
+	}
+	var out []Check
+	for _, c := range r.Checks {
+		if c.Verdict == Warn || c.Verdict == Fail {
+			out = append(out, c)
+		}
+	}
+	return out
+}

@@ -193,8 +193,12 @@ func TestDoctor(t *testing.T) {
 			vmExec(ctx, t, "ip", "route", "del", c)
 		}
 		rep, code := runDoctor(ctx, t, a, a.ConfigPath)
+		status, err := a.Run(ctx, "status")
 		serviceRoutes(ctx, t)
 		wantFailure(t, rep, code, "route to Service range "+tb.ServiceCIDRs[0], "no route", "ip route add "+tb.ServiceCIDRs[0])
+		if err != nil || !strings.Contains(string(status), "! route to Service range "+tb.ServiceCIDRs[0]+": the kernel has no route") {
+			t.Errorf("status does not tell of the missing route: %v\n%s", err, status)
+		}
 	})
 
 	t.Run("an endpoint in an unrouted range", func(t *testing.T) {
@@ -225,6 +229,9 @@ func TestDoctor(t *testing.T) {
 		}
 		rep, code := runDoctor(ctx, t, a, a.ConfigPath)
 		wantFailure(t, rep, code, "routes to endpoints", lost+" (demo/lost)", "routes.mode gateway")
+		if status, err := a.Run(ctx, "status"); err != nil || !strings.Contains(string(status), "! routes to endpoints: 1 of ") || !strings.Contains(string(status), lost+" (demo/lost)") {
+			t.Errorf("status does not tell of the unrouted endpoint: %v\n%s", err, status)
+		}
 	})
 
 	t.Run("wrong CA", func(t *testing.T) {
