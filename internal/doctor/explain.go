@@ -21,6 +21,7 @@ import (
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
 	"github.com/bridge-agent/bridge-agent/internal/config"
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
+	"github.com/bridge-agent/bridge-agent/internal/hostdns"
 	"github.com/bridge-agent/bridge-agent/internal/proxy"
 )
 
@@ -142,21 +143,26 @@ func joinAddrs(as []netip.Addr) string {
 // answer) and through the host's resolver, and returns the stub's answer.
 func explainDNS(ctx context.Context, w io.Writer, cfg *config.Config, name string) []netip.Addr {
 	fmt.Fprintf(w, "DNS %s\n", name)
-	stub := cfg.DNS.ListenAddress
+	stub, err := netip.ParseAddrPort(cfg.DNS.ListenAddress)
+	if err != nil {
+		fmt.Fprintf(w, "  stub: dns.listenAddress: %v\n", err)
+	}
 	var addrs []netip.Addr
-	asked := dns.Fqdn(name)
-	for _, q := range []string{asked, dns.Fqdn(name + "." + cfg.ClusterDomain)} {
-		got, rcode, err := askDNS(ctx, stub, q)
+	for _, q := range []string{dns.Fqdn(name), dns.Fqdn(name + "." + cfg.ClusterDomain)} {
 		if err != nil {
-			fmt.Fprintf(w, "  stub %s: %s: %v\n", stub, q, err)
+			break
+		}
+		got, qerr := hostdns.AskStub(ctx, stub, q)
+		if qerr != nil {
+			fmt.Fprintf(w, "  stub %s: %s: %v\n", stub, q, qerr)
 			continue
 		}
 		if len(got) > 0 {
-			asked, addrs = q, got
+			addrs = got
 			fmt.Fprintf(w, "  stub %s (bridge-agent, from the cluster's Services): %s -> %s\n", stub, q, joinAddrs(got))
 			break
 		}
-		fmt.Fprintf(w, "  stub %s: %s -> %s, no address\n", stub, q, rcode)
+		fmt.Fprintf(w, "  stub %s: %s -> no address\n", stub, q)
 		if strings.HasSuffix(strings.TrimSuffix(name, "."), cfg.ClusterDomain) {
 			break
 		}
@@ -182,39 +188,7 @@ func explainDNS(ctx context.Context, w io.Writer, cfg *config.Config, name strin
 		}
 		fmt.Fprintf(w, "  host resolver (getent ahosts %s): %s, %s\n", name, joinAddrs(host), note)
 	}
-	_ = asked
 	return addrs
-}
-
-// askDNS asks server for name's A and AAAA records.
-func askDNS(ctx context.Context, server, name string) ([]netip.Addr, string, error) {
-	c := &dns.Client{Timeout: 2 * time.Second}
-	var out []netip.Addr
-	rcode := "NOERROR"
-	for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA} {
-		m := new(dns.Msg)
-		m.SetQuestion(name, qt)
-		r, _, err := c.ExchangeContext(ctx, m, server)
-		if err != nil {
-			return nil, "", err
-		}
-		if r.Rcode != dns.RcodeSuccess {
-			rcode = dns.RcodeToString[r.Rcode]
-		}
-		for _, rr := range r.Answer {
-			switch v := rr.(type) {
-			case *dns.A:
-				if a, ok := netip.AddrFromSlice(v.A.To4()); ok {
-					out = append(out, a)
-				}
-			case *dns.AAAA:
-				if a, ok := netip.AddrFromSlice(v.AAAA); ok {
-					out = append(out, a)
-				}
-			}
-		}
-	}
-	return out, rcode, nil
 }
 
 // endpointVerdict says whether an endpoint gets traffic and, if not, why;
@@ -265,7 +239,13 @@ func explainPort(ctx context.Context, w io.Writer, o ExplainOptions, svc *cluste
 	if len(sel.Endpoints) == 0 {
 		fmt.Fprintln(w, "  no endpoint gets traffic: connections are rejected (ICMP unreachable / RST)")
 	}
-	fmt.Fprintf(w, "  endpoints (%d):\n", len(p.Endpoints))
+	n := 0
+	for _, e := range p.Endpoints {
+		if fam.Contains(e.Addr) {
+			n++
+		}
+	}
+	fmt.Fprintf(w, "  endpoints (%d):\n", n)
 	for _, e := range p.Endpoints {
 		if !fam.Contains(e.Addr) {
 			continue
