@@ -13,6 +13,6 @@
 // getent, and resolvectl where systemd-resolved runs).
 //
 // The judgments are pure functions of what was read, table-tested; the
-// reads sit behind small interfaces (netlinkHandle, the command runner) so
-// that tests can give them other answers.
+// kernel's routing sits behind a small interface (Kernel) so that tests can
+// give it other answers.
 package doctor

@@ -67,6 +67,7 @@ func Run(ctx context.Context, o Options) *Report {
 	if st != nil {
 		r.Agent = fmt.Sprintf("running (pid %d, version %s)", st.PID, st.Version)
 		r.add(agentCheck(st, o.Now))
+		r.add(refusalsCheck(st))
 	} else {
 		r.Agent = fmt.Sprintf("not running (%v): the checks of its live view (pod ranges, endpoints, the stub) are skipped", o.StatusErr)
 	}
@@ -114,6 +115,35 @@ func agentCheck(st *daemon.Status, now time.Time) Check {
 		ch.Verdict = OK
 		ch.Detail = fmt.Sprintf("ready; last sync %s ago", now.Sub(st.LastSync.Time).Round(time.Second))
 	}
+	return ch
+}
+
+// refusalsCheck reports what the agent refused of the cluster: routes it
+// cannot install (conflicts, Nodes off-link, ranges the host guard
+// refuses) and Service ranges and ClusterIPs that collide with this host.
+func refusalsCheck(st *daemon.Status) Check {
+	ch := Check{Name: "refused routes and ClusterIPs"}
+	var items []string
+	if rs := RoutesDetails(st); rs != nil {
+		for _, p := range rs.Problems {
+			items = append(items, "route "+p.String())
+		}
+	}
+	if g := st.Guard; g != nil {
+		for _, c := range g.RefusedServiceCIDRs {
+			items = append(items, fmt.Sprintf("Service range %s (%s: %s)", c.CIDR, c.Reason, c.Detail))
+		}
+		for _, c := range g.RefusedClusterIPs {
+			items = append(items, fmt.Sprintf("ClusterIP %s of %s (%s: %s)", c.IP, c.Service, c.Reason, c.Detail))
+		}
+	}
+	if len(items) == 0 {
+		ch.Verdict, ch.Detail = OK, "the agent refused nothing the cluster asks for"
+		return ch
+	}
+	ch.Verdict = Warn
+	ch.Detail = fmt.Sprintf("%d refused: %s", len(items), firstN(items, 5))
+	ch.Fix = "each is refused to protect this host or because it cannot work here; bridge-agent status lists them all with the reason (a conflicting route of another program, a Node not on this host's network, a range holding this host's own addresses)"
 	return ch
 }
 

@@ -2,6 +2,7 @@ package doctor
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -19,8 +20,10 @@ import (
 
 	"github.com/bridge-agent/bridge-agent/deploy"
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
+	"github.com/bridge-agent/bridge-agent/internal/daemon"
 	"github.com/bridge-agent/bridge-agent/internal/hostdns"
 	"github.com/bridge-agent/bridge-agent/internal/proxy"
+	"github.com/bridge-agent/bridge-agent/internal/routes"
 )
 
 func jwt(claims string) string {
@@ -327,5 +330,27 @@ func TestSplitTarget(t *testing.T) {
 		if got != want {
 			t.Errorf("splitTarget(%q) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+func TestRefusalsCheck(t *testing.T) {
+	rs, err := json.Marshal(routes.Status{Problems: []routes.Problem{{Reason: routes.ReasonConflict, Node: "node-2", CIDR: netip.MustParsePrefix("10.244.2.0/24"), Detail: "route 10.244.2.0/24 proto static"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &daemon.Status{Consumers: []daemon.ConsumerState{{Name: "routes", Details: rs}}}
+	c := refusalsCheck(st)
+	if c.Verdict != Warn || !strings.Contains(c.Detail, "1 refused: route ") || !strings.Contains(c.Detail, "10.244.2.0/24") || c.Fix == "" {
+		t.Errorf("a refused route: %+v", c)
+	}
+	if c := refusalsCheck(&daemon.Status{}); c.Verdict != OK {
+		t.Errorf("nothing refused: %+v", c)
+	}
+}
+
+func TestRunBadConfig(t *testing.T) {
+	rep := Run(t.Context(), Options{ConfigPath: "/etc/x.yaml", ConfigErr: errors.New("dns.listenAddress: must be a loopback address")})
+	if rep.OK() || len(rep.Checks) != 2 || rep.Checks[0].Verdict != Fail || !strings.Contains(rep.Checks[0].Detail, "dns.listenAddress") || rep.Checks[1].Verdict != Skip {
+		t.Errorf("bad config: %+v", rep)
 	}
 }
