@@ -3,6 +3,7 @@ package doctor
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -56,8 +57,11 @@ func Run(ctx context.Context, o Options) *Report {
 	}
 	if o.ConfigErr != nil {
 		r.Agent = "unknown"
-		r.add(Check{Name: "configuration " + o.ConfigPath, Verdict: Fail, Detail: o.ConfigErr.Error(),
-			Fix: "correct the configuration as the messages say (every problem is listed, with its path)"})
+		fix := "correct the configuration as the messages say (every problem is listed, with its path)"
+		if errors.Is(o.ConfigErr, os.ErrNotExist) {
+			fix = "name the agent's configuration with --config (the package installs " + config.DefaultPath + ")"
+		}
+		r.add(Check{Name: "configuration " + o.ConfigPath, Verdict: Fail, Detail: o.ConfigErr.Error(), Fix: fix})
 		r.add(Check{Name: "everything else", Verdict: Skip, Detail: "needs a valid configuration"})
 		return r
 	}
