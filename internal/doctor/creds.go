@@ -61,7 +61,7 @@ var RequiredAccess = func() []Access {
 
 // Fixes shared by the credential checks.
 const (
-	fixToken = "mint a new token on the cluster (kubectl -n bridge-agent create token bridge-agent --duration=8760h > token) and write the kubeconfig again: bridge-agent kubeconfig --server URL --token-file token --ca-file ca.crt -o /etc/bridge-agent/kubeconfig"
+	fixToken = "mint a new token on the cluster ((umask 077; kubectl -n bridge-agent create token bridge-agent --duration=8760h > token)) and write the kubeconfig again: bridge-agent kubeconfig --server URL --token-file token --ca-file ca.crt -o /etc/bridge-agent/kubeconfig"
 	fixCA    = "write the kubeconfig again with the cluster's CA certificate (a kubeadm control plane has it in /etc/kubernetes/pki/ca.crt): bridge-agent kubeconfig --server URL --token-file token --ca-file ca.crt -o /etc/bridge-agent/kubeconfig"
 	fixRBAC  = "on the cluster, as its admin: kubectl apply -f /usr/share/bridge-agent/rbac.yaml (deploy/rbac.yaml), which binds the read-only ClusterRole bridge-agent to ServiceAccount bridge-agent/bridge-agent; a token of another identity needs the same binding"
 	fixClock = "set this host's clock: enable time synchronisation (timedatectl set-ntp true, or chrony/ntpd)"
