@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -11,16 +12,19 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/bridge-agent/bridge-agent/internal/atomicfile"
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
+	"github.com/bridge-agent/bridge-agent/internal/doctor"
 	"github.com/bridge-agent/bridge-agent/internal/version"
 )
 
 const kubeconfigUsage = `usage: bridge-agent kubeconfig --server URL --token-file FILE --ca-file FILE [-o FILE]
-       bridge-agent kubeconfig --check [--config FILE]
+       bridge-agent kubeconfig --check [--offline] [--config FILE]
 
 The first form prints a kubeconfig for this host: the API server URL, the
 cluster's CA certificate and the ServiceAccount token (deploy/rbac.yaml's
@@ -31,9 +35,12 @@ mode 0600, replacing it atomically:
     --token-file token --ca-file ca.crt -o /etc/bridge-agent/kubeconfig
 
 The second form says whether the configuration (default
-/etc/bridge-agent/config.yaml) is valid and names credentials that exist
-and load; exit status 0 if so, 1 with the reason if not. The package
-starts the service only then.
+/etc/bridge-agent/config.yaml) is valid and its credentials work: it
+contacts the API server and checks the CA, the server's address, the
+token (and its expiry) and the RBAC the agent needs, as bridge-agent
+doctor does; exit status 0 if all pass, 1 with the reason and the fix if
+not. With --offline it only checks that the credentials exist and load
+(the package starts the service only then).
 
 Flags:
 `
@@ -51,7 +58,8 @@ func kubeconfigCmd(args []string, stdout, stderr io.Writer) int {
 	tokenFile := fs.String("token-file", "", "file holding the ServiceAccount's bearer token")
 	caFile := fs.String("ca-file", "", "PEM file with the cluster's CA certificate(s)")
 	out := fs.String("o", "", "write to this file (mode 0600) instead of standard output")
-	check := fs.Bool("check", false, "check the credentials the configuration names instead")
+	check := fs.Bool("check", false, "check the credentials the configuration names against the API server instead")
+	offline := fs.Bool("offline", false, "with --check: only check that the credentials exist and load, without contacting the API server")
 	configPath := fs.String("config", "", "configuration file for --check (default /etc/bridge-agent/config.yaml)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -64,11 +72,31 @@ func kubeconfigCmd(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if *check {
-		if err := checkCredentials(*configPath); err != nil {
+		rc, err := checkCredentials(*configPath)
+		if err != nil {
 			fmt.Fprintf(stderr, "bridge-agent: %v\n", err)
 			return 1
 		}
-		fmt.Fprintln(stdout, "configuration valid; credentials load")
+		if *offline {
+			fmt.Fprintln(stdout, "configuration valid; credentials load")
+			return 0
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		failed := false
+		for _, c := range doctor.CredentialChecks(ctx, rc, time.Now()) {
+			w := stdout
+			if c.Verdict == doctor.Fail {
+				w, failed = stderr, true
+			}
+			fmt.Fprintf(w, "[%s] %s: %s\n", c.Verdict, c.Name, c.Detail)
+			if c.Fix != "" {
+				fmt.Fprintf(w, "       fix: %s\n", c.Fix)
+			}
+		}
+		if failed {
+			return 1
+		}
 		return 0
 	}
 	if *server == "" || *tokenFile == "" || *caFile == "" {
@@ -202,17 +230,17 @@ func checkPEMCertificates(data []byte) error {
 // checkCredentials loads and validates the configuration at path (default
 // location when empty) and loads the credentials it names, without
 // contacting the API server.
-func checkCredentials(path string) error {
+func checkCredentials(path string) (*rest.Config, error) {
 	args := []string{}
 	if path != "" {
 		args = append(args, "--config", path)
 	}
 	cfg, err := newConfigFlags("kubeconfig", io.Discard).load(args)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := cfg.Validate(); err != nil {
-		return err
+		return nil, err
 	}
 	rc, err := cluster.RESTConfig(cluster.ClientOptions{
 		Kubeconfig: cfg.Kubeconfig,
@@ -221,10 +249,10 @@ func checkCredentials(path string) error {
 		CAFile:     cfg.APIServer.CAFile,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if rc.Host == "" {
-		return fmt.Errorf("kubeconfig %s names no API server", cfg.Kubeconfig)
+		return nil, fmt.Errorf("kubeconfig %s names no API server", cfg.Kubeconfig)
 	}
-	return nil
+	return rc, nil
 }

@@ -143,11 +143,19 @@ func TestKubeconfigCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer
-	if code := realMain([]string{"kubeconfig", "--server", "https://h:6443", "--token-file", tokenPath, "--ca-file", caPath, "-o", kc}, &stdout, &stderr); code != 0 {
+	// Port 1 of the loopback address: nothing listens, the connection is
+	// refused at once.
+	if code := realMain([]string{"kubeconfig", "--server", "https://127.0.0.1:1", "--token-file", tokenPath, "--ca-file", caPath, "-o", kc}, &stdout, &stderr); code != 0 {
 		t.Fatal(stderr.String())
 	}
-	if code, msg := check(); code != 0 {
-		t.Errorf("with the kubeconfig: exit %d: %s", code, msg)
+	stdout.Reset()
+	stderr.Reset()
+	if code := realMain([]string{"kubeconfig", "--check", "--offline", "--config", cfg}, &stdout, &stderr); code != 0 {
+		t.Errorf("--offline with the kubeconfig: exit %d: %s", code, stderr.String())
+	}
+	// Without --offline the API server is asked, and cannot be reached.
+	if code, msg := check(); code != 1 || !strings.Contains(msg, "connection refused") || !strings.Contains(msg, "fix: ") {
+		t.Errorf("with the kubeconfig but no API server: exit %d, %q; want 1, connection refused, and a fix", code, msg)
 	}
 	// An invalid configuration is not "configured" either.
 	if err := os.WriteFile(cfg, []byte(doc+"dns:\n  listenAddress: 0.0.0.0:53\n"), 0o644); err != nil {

@@ -3,6 +3,8 @@
 //
 //	bridge-agent run     [--config FILE] [flags]   run the agent
 //	bridge-agent status  [--config FILE] [-o json] what the running agent sees
+//	bridge-agent doctor  [--config FILE] [-o json] check this host's setup, each problem with its fix
+//	bridge-agent explain [--config FILE] NAME|IP[:PORT] the whole path to one destination
 //	bridge-agent cleanup [--config FILE]           remove everything the agent made
 //	bridge-agent kubeconfig --server URL --token-file F --ca-file F
 //	bridge-agent install | uninstall | start | stop  the service, for bare-binary installs
@@ -20,9 +22,14 @@ const usage = `usage: bridge-agent <command> [flags]
 Commands:
   run         run the agent (watch the cluster, program this host)
   status      show what the running agent sees (-o json for machines)
+  doctor      check this host's setup (config, credentials against the API
+              server, clock, kernel, routes, resolver): each problem with its
+              fix in one line; exit status 0 when no check fails
+  explain     the whole path from this host to NAME|IP[:PORT]: DNS, Service,
+              rule, endpoints, routes, a live probe of each endpoint
   cleanup     remove every rule, route, file and socket the agent made
   kubeconfig  write this host's kubeconfig from a token and the cluster CA
-              (--check: does the configuration name credentials that load?)
+              (--check: do the credentials work against the API server?)
   install     register this binary as the bridge-agent service (no package)
   uninstall   stop and remove that service, then clean up
   start, stop control the installed service
@@ -46,6 +53,10 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return runCmd(rest, stderr)
 	case "status":
 		return statusCmd(rest, stdout, stderr)
+	case "doctor":
+		return doctorCmd(rest, stdout, stderr)
+	case "explain":
+		return explainCmd(rest, stdout, stderr)
 	case "cleanup":
 		return cleanupCmd(rest, stdout, stderr)
 	case "kubeconfig":

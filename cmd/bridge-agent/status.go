@@ -16,6 +16,7 @@ import (
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
 	"github.com/bridge-agent/bridge-agent/internal/dnsstub"
+	"github.com/bridge-agent/bridge-agent/internal/doctor"
 	"github.com/bridge-agent/bridge-agent/internal/hostdns"
 	"github.com/bridge-agent/bridge-agent/internal/proxy"
 	"github.com/bridge-agent/bridge-agent/internal/routes"
@@ -52,7 +53,22 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	printStatus(stdout, &st, time.Now())
+	printProblems(stdout, doctor.LocalProblems(cfg, &st, nil, time.Now()))
 	return 0
+}
+
+// printProblems shows what this host's kernel and credentials say beside
+// the agent's own view: a missing route to a Service range, endpoints no
+// route reaches, routes shadowed by others, credentials about to expire.
+func printProblems(w io.Writer, problems []doctor.Check) {
+	if len(problems) == 0 {
+		fmt.Fprintln(w, "\nProblems: none found in this host's routes and credentials (bridge-agent doctor checks everything)")
+		return
+	}
+	fmt.Fprintf(w, "\nProblems (%d; bridge-agent doctor checks everything):\n", len(problems))
+	for _, c := range problems {
+		fmt.Fprintf(w, "  ! %s: %s\n    fix: %s\n", c.Name, c.Detail, c.Fix)
+	}
 }
 
 func fetchStatus(socket string) ([]byte, error) {

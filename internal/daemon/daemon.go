@@ -220,6 +220,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		wg.Go(func() { w.runner.Run(ctx) })
 	}
 	wg.Go(func() { d.saver.Run(ctx) })
+	wg.Go(func() { d.followAPIServer(ctx) })
 	if d.guard != nil {
 		wg.Go(func() { d.guard.Run(ctx, d.runner.Poke) })
 	}

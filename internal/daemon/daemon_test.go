@@ -390,8 +390,10 @@ func TestStatusLine(t *testing.T) {
 		{"", "", live, []string{"proxy nftables"}, "ready: 1 services, 0 endpoints; proxy nftables"},
 		{"", "", live, nil, "ready: 1 services, 0 endpoints"},
 		{"proxy: nft: exit 1", "", live, nil, "sync error: proxy: nft: exit 1"},
+		{"", "Get \"https://10.0.0.1:6443/api/v1/services\": dial tcp 10.0.0.1:6443: connect: connection refused", live, []string{"proxy nftables"},
+			"API server unreachable since 12:03:04: Get \"https://10.0.0.1:6443/api/v1/services\": dial tcp 10.0.0.1:6443: connect: connection refused; serving the last rules (1 services, 0 endpoints)"},
 	} {
-		if got := statusLine(c.syncErr, c.apiErr, c.done, c.consumers); got != c.want {
+		if got := statusLine(c.syncErr, c.apiErr, time.Date(2026, 12, 4, 12, 3, 4, 0, time.UTC), c.done, c.consumers); got != c.want {
 			t.Errorf("statusLine(%q, %q, ...) = %q, want %q", c.syncErr, c.apiErr, got, c.want)
 		}
 	}

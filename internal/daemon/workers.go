@@ -245,8 +245,9 @@ func (d *Daemon) statusLine() string {
 	syncErr, snap := d.lastSync.Error, d.doneSnap
 	d.mu.Unlock()
 	var apiErr string
-	if err, _ := d.watcher.LastError(); err != nil {
-		apiErr = err.Error()
+	var apiErrAt time.Time
+	if err, at := d.watcher.LastError(); err != nil {
+		apiErr, apiErrAt = err.Error(), at
 	}
 	var parts []string
 	for _, c := range d.consumers {
@@ -254,13 +255,14 @@ func (d *Daemon) statusLine() string {
 			parts = append(parts, s.Summary())
 		}
 	}
-	return statusLine(syncErr, apiErr, snap, parts)
+	return statusLine(syncErr, apiErr, apiErrAt, snap, parts)
 }
 
 // statusLine is the STATUS= text: a sync error first, else whether the
-// consumers serve the saved snapshot or the live one, else what the first
+// consumers serve the saved snapshot or the live one (and since when the
+// API server cannot be reached, after a later outage), else what the first
 // sync waits for.
-func statusLine(syncErr, apiErr string, done *cluster.Snapshot, consumers []string) string {
+func statusLine(syncErr, apiErr string, apiErrAt time.Time, done *cluster.Snapshot, consumers []string) string {
 	switch {
 	case syncErr != "":
 		return "sync error: " + syncErr
@@ -269,6 +271,9 @@ func statusLine(syncErr, apiErr string, done *cluster.Snapshot, consumers []stri
 			apiErr = "not listed yet"
 		}
 		return fmt.Sprintf("serving the saved snapshot of %s (API server unreachable: %s)", done.Restored.Format(time.RFC3339), apiErr)
+	case done != nil && apiErr != "":
+		return fmt.Sprintf("API server unreachable since %s: %s; serving the last rules (%d services, %d endpoints)",
+			apiErrAt.Format(time.TimeOnly), apiErr, len(done.Services), done.EndpointCount())
 	case done != nil:
 		s := fmt.Sprintf("ready: %d services, %d endpoints", len(done.Services), done.EndpointCount())
 		if len(consumers) > 0 {

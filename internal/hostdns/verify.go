@@ -63,7 +63,7 @@ type VerifyOptions struct {
 // Check.
 func Verify(ctx context.Context, o VerifyOptions) *Check {
 	if o.askStub == nil {
-		o.askStub = askStub
+		o.askStub = AskStub
 	}
 	if o.getent == nil {
 		o.getent = getentAhosts
@@ -121,8 +121,10 @@ func judge(name string, mode Mode, stubAddr netip.AddrPort, stub []netip.Addr, s
 	return c
 }
 
-// askStub asks the stub for the name's A and AAAA records over UDP.
-func askStub(ctx context.Context, stub netip.AddrPort, name string) ([]netip.Addr, error) {
+// AskStub asks the stub for the name's A and AAAA records over UDP. A
+// name the stub does not know is no address and no error; another failure
+// (SERVFAIL, REFUSED) is an error.
+func AskStub(ctx context.Context, stub netip.AddrPort, name string) ([]netip.Addr, error) {
 	c := &dns.Client{Timeout: 2 * time.Second}
 	var out []netip.Addr
 	for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA} {

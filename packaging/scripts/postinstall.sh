@@ -57,7 +57,7 @@ if [ "$enabled" = no ]; then
   echo "  systemctl enable --now $unit   (after the steps in man bridge-agent)"
   exit 0
 fi
-if /usr/bin/bridge-agent kubeconfig --check --config "$config" >/dev/null 2>&1; then
+if /usr/bin/bridge-agent kubeconfig --check --offline --config "$config" >/dev/null 2>&1; then
   # --no-block: READY=1 waits for the first sync with the API server, which
   # must not hold up the package manager.
   systemctl start --no-block "$unit" || true
@@ -66,16 +66,17 @@ if /usr/bin/bridge-agent kubeconfig --check --config "$config" >/dev/null 2>&1; 
 fi
 cat <<MSG
 bridge-agent is installed and enabled, but not started: $config
-names no credentials that exist yet ($(/usr/bin/bridge-agent kubeconfig --check --config "$config" 2>&1 | head -n 1 || true)).
+names no credentials that exist yet ($(/usr/bin/bridge-agent kubeconfig --check --offline --config "$config" 2>&1 | head -n 1 || true)).
 Next:
   1. On the cluster, as its admin: kubectl apply -f /usr/share/bridge-agent/rbac.yaml
      and make a token for ServiceAccount bridge-agent/bridge-agent:
-       kubectl -n bridge-agent create token bridge-agent --duration=8760h > token
+       (umask 077; kubectl -n bridge-agent create token bridge-agent --duration=8760h > token)
      Copy the token and the cluster's CA certificate (ca.crt) to this host.
   2. Here:
        bridge-agent kubeconfig --server https://API-SERVER:6443 --token-file token \\
-         --ca-file ca.crt > /etc/bridge-agent/kubeconfig
-  3. systemctl start bridge-agent && bridge-agent status
+         --ca-file ca.crt -o /etc/bridge-agent/kubeconfig    (mode 0600)
+       rm token; bridge-agent kubeconfig --check    (contacts the API server)
+  3. systemctl start bridge-agent && bridge-agent doctor
 See man bridge-agent.
 MSG
 exit 0

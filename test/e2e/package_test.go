@@ -490,8 +490,15 @@ func TestPackage(t *testing.T) {
 	setsBefore := countSets()
 
 	// 2. Join: the kubeconfig from the token and CA, then start.
-	vm.sh(ctx, t, fmt.Sprintf("umask 077; bridge-agent kubeconfig --server %s --token-file /root/token --ca-file /root/ca.crt > /etc/bridge-agent/kubeconfig", tb.APIServerURL))
-	vm.run(ctx, t, "bridge-agent", "kubeconfig", "--check")
+	// As the install's "Next:" text says: -o writes it mode 0600 whatever
+	// the umask, and --check asks the API server.
+	vm.sh(ctx, t, fmt.Sprintf("rm /etc/bridge-agent/kubeconfig; umask 022; bridge-agent kubeconfig --server %s --token-file /root/token --ca-file /root/ca.crt -o /etc/bridge-agent/kubeconfig", tb.APIServerURL))
+	if mode := strings.TrimSpace(vm.run(ctx, t, "stat", "-c", "%a", "/etc/bridge-agent/kubeconfig")); mode != "600" {
+		t.Errorf("kubeconfig -o wrote mode %s, want 600", mode)
+	}
+	if out := vm.run(ctx, t, "bridge-agent", "kubeconfig", "--check"); !strings.Contains(out, "[ok] RBAC") {
+		t.Errorf("kubeconfig --check did not check RBAC against the API server:\n%s", out)
+	}
 	start = time.Now()
 	vm.run(ctx, t, "systemctl", "start", "bridge-agent") // returns once READY=1
 	t.Logf("systemctl start (to READY=1) took %s", time.Since(start).Round(time.Millisecond))
@@ -510,6 +517,14 @@ func TestPackage(t *testing.T) {
 	sameResolved("after start")
 	vm.checkResolved(ctx, t, "after start")
 	t.Logf("resolv.conf in the VM while the agent runs:\n%s", vm.run(ctx, t, "cat", "/etc/resolv.conf"))
+	// The doctor on a booted host with systemd-resolved: every check
+	// passes, the resolver ones through getent and resolvectl.
+	if out, err := vm.exec(ctx, "bridge-agent", "doctor"); err != nil || !strings.Contains(string(out), "[ok  ] systemd-resolved (resolvectl query kubernetes.default.svc.cluster.local)") ||
+		!strings.Contains(string(out), "[ok  ] host resolver (getent ahosts kubernetes.default.svc.cluster.local)") {
+		t.Errorf("bridge-agent doctor in the VM: %v\n%s", err, out)
+	} else {
+		t.Logf("bridge-agent doctor in the VM:\n%s", out)
+	}
 
 	// 4. Restart, and a stop: the rules stay while the agent is down.
 	mainPID := unitProp(ctx, t, vm, "MainPID")
