@@ -201,7 +201,7 @@ func checkPEMCertificates(data []byte) error {
 
 // checkCredentials loads and validates the configuration at path (default
 // location when empty) and loads the credentials it names, without
-// contacting the API server.
+// contacting the API server; a host's own token must not have expired.
 func checkCredentials(path string) error {
 	args := []string{}
 	if path != "" {
@@ -226,5 +226,7 @@ func checkCredentials(path string) error {
 	if rc.Host == "" {
 		return fmt.Errorf("kubeconfig %s names no API server", cfg.Kubeconfig)
 	}
-	return nil
+	// A host's own token that expired cannot be renewed: say so now.
+	_, err = hostIdentity(rc)
+	return err
 }
