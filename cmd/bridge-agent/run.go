@@ -49,7 +49,7 @@ func runCmd(args []string, stderr io.Writer) int {
 		UserAgent:  "bridge-agent/" + version.Version,
 	})
 	if errors.Is(err, fs.ErrNotExist) {
-		fmt.Fprintf(stderr, "bridge-agent: no credentials for the cluster yet: %v; make them with `bridge-agent kubeconfig` (man bridge-agent), then `systemctl start bridge-agent`\n", err)
+		fmt.Fprintf(stderr, "bridge-agent: no credentials for the cluster yet: %v; join this host with `bridge-agent join BUNDLE` (the bundle of `bridge-agent host add NAME` on the cluster) or make them with `bridge-agent kubeconfig` (man bridge-agent), then `systemctl start bridge-agent`\n", err)
 		return exitConfig
 	}
 	if err != nil {
