@@ -9,3 +9,10 @@ import _ "embed"
 //
 //go:embed rbac.yaml
 var RBAC []byte
+
+// MemberPolicy is the content of member-policy.yaml: the
+// ValidatingAdmissionPolicy and its binding that let a host's own
+// credentials write only its own Lease and request only its own tokens.
+//
+//go:embed member-policy.yaml
+var MemberPolicy []byte

@@ -229,7 +229,7 @@ func checkPEMCertificates(data []byte) error {
 
 // checkCredentials loads and validates the configuration at path (default
 // location when empty) and loads the credentials it names, without
-// contacting the API server.
+// contacting the API server; a host's own token must not have expired.
 func checkCredentials(path string) (*rest.Config, error) {
 	args := []string{}
 	if path != "" {
@@ -253,6 +253,10 @@ func checkCredentials(path string) (*rest.Config, error) {
 	}
 	if rc.Host == "" {
 		return nil, fmt.Errorf("kubeconfig %s names no API server", cfg.Kubeconfig)
+	}
+	// A host's own token that expired cannot be renewed: say so now.
+	if _, err := hostIdentity(rc); err != nil {
+		return nil, err
 	}
 	return rc, nil
 }

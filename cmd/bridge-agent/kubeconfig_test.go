@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"math/big"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
+	"github.com/bridge-agent/bridge-agent/internal/member"
 )
 
 // testCA writes a self-signed CA certificate and returns its path and PEM.
@@ -173,4 +175,30 @@ func mustReadFile(t *testing.T, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// An expired token of a host's own identity fails the check with what to run.
+func TestCheckCredentialsExpiredHostToken(t *testing.T) {
+	dir := t.TempDir()
+	payload := base64.RawURLEncoding.EncodeToString([]byte(`{"iat":1700000000,"exp":1700000600,"kubernetes.io":{"namespace":"bridge-agent","serviceaccount":{"name":"bridge-agent-vm7"}}}`))
+	tok := filepath.Join(dir, "token")
+	if err := os.WriteFile(tok, []byte("e30."+payload+".c2ln"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	kc := filepath.Join(dir, "kubeconfig")
+	data, err := member.Kubeconfig("vm7", "https://10.0.0.2:6443", []byte("-----BEGIN CERTIFICATE-----\n"), tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(kc, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte("apiVersion: bridge-agent.io/v1alpha1\nkind: AgentConfiguration\nkubeconfig: "+kc+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = checkCredentials(cfg)
+	if err == nil || !strings.Contains(err.Error(), "credentials of host vm7 expired at 2023-11-14T22:23:20Z") || !strings.Contains(err.Error(), "bridge-agent host add vm7") {
+		t.Errorf("check with an expired host token: %v", err)
+	}
 }

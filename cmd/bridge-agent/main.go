@@ -8,6 +8,9 @@
 //	bridge-agent cleanup [--config FILE]           remove everything the agent made
 //	bridge-agent kubeconfig --server URL --token-file F --ca-file F
 //	bridge-agent install | uninstall | start | stop  the service, for bare-binary installs
+//	bridge-agent join BUNDLE                       join this host with its own identity
+//	bridge-agent host add|remove NAME              (admin) a host's identity and join bundle
+//	bridge-agent hosts                             (admin) every host: heartbeat, version, token
 //	bridge-agent version
 package main
 
@@ -30,6 +33,10 @@ Commands:
   cleanup     remove every rule, route, file and socket the agent made
   kubeconfig  write this host's kubeconfig from a token and the cluster CA
               (--check: do the credentials work against the API server?)
+  join        join this host with the bundle of ` + "`bridge-agent host add`" + `
+  host        (cluster admin) add NAME: a host's identity and join bundle;
+              remove NAME: revoke it
+  hosts       (cluster admin) every host: state, version, heartbeat, token expiry
   install     register this binary as the bridge-agent service (no package)
   uninstall   stop and remove that service, then clean up
   start, stop control the installed service
@@ -61,6 +68,12 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return cleanupCmd(rest, stdout, stderr)
 	case "kubeconfig":
 		return kubeconfigCmd(rest, stdout, stderr)
+	case "join":
+		return joinCmd(rest, stdout, stderr)
+	case "host":
+		return hostCmd(rest, stdout, stderr)
+	case "hosts":
+		return hostsCmd(rest, stdout, stderr)
 	case "install", "uninstall", "start", "stop":
 		return serviceCmd(cmd, rest, stdout, stderr)
 	case "version", "--version":

@@ -19,6 +19,7 @@ import (
 	"github.com/bridge-agent/bridge-agent/internal/config"
 	"github.com/bridge-agent/bridge-agent/internal/daemon"
 	"github.com/bridge-agent/bridge-agent/internal/hostguard"
+	"github.com/bridge-agent/bridge-agent/internal/member"
 	"github.com/bridge-agent/bridge-agent/internal/ownfiles"
 	"github.com/bridge-agent/bridge-agent/internal/proxy"
 	"github.com/bridge-agent/bridge-agent/internal/routes"
@@ -48,7 +49,7 @@ func runCmd(args []string, stderr io.Writer) int {
 		UserAgent:  "bridge-agent/" + version.Version,
 	})
 	if errors.Is(err, fs.ErrNotExist) {
-		fmt.Fprintf(stderr, "bridge-agent: no credentials for the cluster yet: %v; make them with `bridge-agent kubeconfig` (man bridge-agent), then `systemctl start bridge-agent`\n", err)
+		fmt.Fprintf(stderr, "bridge-agent: no credentials for the cluster yet: %v; join this host with `bridge-agent join BUNDLE` (the bundle of `bridge-agent host add NAME` on the cluster) or make them with `bridge-agent kubeconfig` (man bridge-agent), then `systemctl start bridge-agent`\n", err)
 		return exitConfig
 	}
 	if err != nil {
@@ -56,6 +57,13 @@ func runCmd(args []string, stderr io.Writer) int {
 		return exitConfig
 	}
 	client, err := cluster.NewClient(rc)
+	if err != nil {
+		fmt.Fprintf(stderr, "bridge-agent: %v\n", err)
+		return exitConfig
+	}
+	// A host with an identity of its own renews its token and its Lease;
+	// one whose token expired while it was off cannot, and says what to run.
+	host, err := hostIdentity(rc)
 	if err != nil {
 		fmt.Fprintf(stderr, "bridge-agent: %v\n", err)
 		return exitConfig
@@ -90,7 +98,19 @@ func runCmd(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer stopConsumers()
-	d, err := daemon.New(daemon.Options{
+	var d *daemon.Daemon
+	var mem *member.Agent
+	var memberReporter daemon.MemberReporter
+	if host != "" {
+		mem, err = newMember(cfg, rc, host, log.With("component", "member"), func() member.Facts { return d.HostFacts() })
+		if err != nil {
+			log.Error("cannot run", "err", err)
+			return 1
+		}
+		memberReporter = mem
+		log.Info("host identity", "host", host, "serviceAccount", member.Namespace+"/"+member.ObjectName(host))
+	}
+	d, err = daemon.New(daemon.Options{
 		Config:    cfg,
 		Client:    client,
 		APIHost:   rc.Host,
@@ -98,8 +118,15 @@ func runCmd(args []string, stderr io.Writer) int {
 		Version:   version.Version,
 		Consumers: consumers,
 		Guard:     guard,
+		Member:    memberReporter,
 	})
 	if err == nil {
+		if mem != nil {
+			mctx, mcancel := context.WithCancel(ctx)
+			done := make(chan struct{})
+			go func() { defer close(done); mem.Run(mctx) }()
+			defer func() { mcancel(); <-done }()
+		}
 		err = d.Run(ctx)
 	}
 	if err != nil {

@@ -114,6 +114,9 @@ func printStatus(w io.Writer, st *daemon.Status, now time.Time) {
 		fmt.Fprintf(w, " (last error %s: %s)", ago(st.APIServer.LastErrorTime), st.APIServer.LastError)
 	}
 	fmt.Fprintln(w)
+	if st.Member != nil {
+		st.Member.WriteText(w, now)
+	}
 	if st.Snapshot.RestoreError != "" {
 		fmt.Fprintf(w, "Saved snapshot unusable: %s\n", st.Snapshot.RestoreError)
 	}

@@ -18,10 +18,8 @@ import (
 )
 
 // pending are metrics that the rules and the dashboard already use and
-// that other parts of the agent export: the credential expiry (per-host
-// identity) and the per-Service traffic counters.
+// that other parts of the agent export: the per-Service traffic counters.
 var pending = []string{
-	"bridge_agent_credential_expiry_timestamp_seconds",
 	"bridge_agent_service_connections_total",
 }
 

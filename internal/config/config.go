@@ -76,6 +76,9 @@ type Config struct {
 	Routes  Routes  `json:"routes,omitempty"`
 	DNS     DNS     `json:"dns,omitempty"`
 	Logging Logging `json:"logging,omitempty"`
+	// Member configures the heartbeat and token renewal of a host with
+	// its own identity (see `bridge-agent join`).
+	Member Member `json:"member,omitempty"`
 }
 
 // APIServer is a token-based connection to the cluster.
@@ -294,6 +297,7 @@ func Default() *Config {
 			MaxConcurrentForwards:  1000,
 		},
 		Logging: Logging{Format: "text", Journal: "auto"},
+		Member:  defaultMember(),
 	}
 }
 
@@ -464,6 +468,7 @@ func (c *Config) Validate() error {
 	}
 	c.validateRoutes(bad)
 	c.validateGuard(bad)
+	c.validateMember(bad)
 	if c.Logging.Format != "text" && c.Logging.Format != "json" {
 		bad("logging.format", quote(c.Logging.Format), `must be "text" or "json"`)
 	}

@@ -61,6 +61,9 @@ type Options struct {
 	// Guard keeps this host's facts for the host guard; Run runs it. nil:
 	// only the special ranges and the Service ranges are checked.
 	Guard *hostguard.Watcher
+	// Member is the host's membership when it has an identity of its own
+	// (nil: the shared read-only ServiceAccount).
+	Member MemberReporter
 }
 
 // DefaultReadyTimeout is how long a start under systemd waits for the
@@ -102,6 +105,7 @@ type Daemon struct {
 	start     time.Time
 	guard     *hostguard.Watcher
 	filter    *hostguard.Filter // between the cluster view and the consumers
+	member    MemberReporter
 
 	restoreAfter time.Duration
 	readyTimeout time.Duration
@@ -138,6 +142,7 @@ func New(o Options) (*Daemon, error) {
 		start:      time.Now(),
 		consumerSt: map[string]*ConsumerState{},
 		guard:      o.Guard,
+		member:     o.Member,
 		filter:     hostguard.NewFilter(o.Config.ParsedServiceCIDRs(), o.Logger),
 
 		restoreAfter: o.RestoreAfter,
@@ -172,6 +177,11 @@ func New(o Options) (*Daemon, error) {
 	d.metrics = newMetrics(o.Version, d.tracker.Counts)
 	if err := registerAll(d.metrics.registry, d.filter.Collectors()); err != nil {
 		return nil, fmt.Errorf("metrics of the host guard: %w", err)
+	}
+	if d.member != nil {
+		if err := registerAll(d.metrics.registry, d.member.Collectors()); err != nil {
+			return nil, fmt.Errorf("metrics of the host's membership: %w", err)
+		}
 	}
 	for _, c := range d.consumers {
 		if mp, ok := c.(MetricsProvider); ok {
@@ -469,6 +479,9 @@ func (d *Daemon) Status() *Status {
 		gs.Version, gs.Facts = d.guard.Version(), d.guard.Facts()
 	}
 	st.Guard = &gs
+	if d.member != nil {
+		st.Member = d.member.MemberStatus()
+	}
 	st.APIServer.Host = d.apiHost
 	if err, at := d.watcher.LastError(); err != nil {
 		st.APIServer.LastError, st.APIServer.LastErrorTime = err.Error(), at

@@ -6,6 +6,7 @@ import (
 
 	"github.com/bridge-agent/bridge-agent/internal/cluster"
 	"github.com/bridge-agent/bridge-agent/internal/hostguard"
+	"github.com/bridge-agent/bridge-agent/internal/member"
 )
 
 // Status is what `bridge-agent status` shows: the running agent's view of the
@@ -31,6 +32,9 @@ type Status struct {
 	// cluster's Service ranges and ClusterIPs (refused routes are in the
 	// routes consumer's details).
 	Guard *hostguard.Status `json:"guard,omitempty"`
+	// Member is the host's own identity, its token and its heartbeat
+	// Lease, when it has one (see `bridge-agent join`).
+	Member *member.Status `json:"member,omitempty"`
 }
 
 // APIStatus tells how the agent's watch on the API server fares.

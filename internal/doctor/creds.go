@@ -8,6 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/bridge-agent/bridge-agent/internal/member"
 	"net"
 	"net/http"
 	"os"
@@ -101,6 +102,11 @@ type Credential struct {
 	Expiry time.Time
 	// Problem says why the credential could not be read.
 	Problem string
+	// Host is set for a host's own identity (ServiceAccount
+	// bridge-agent-HOST), whose token the agent renews; IssuedAt is then
+	// the token's iat claim.
+	Host     string
+	IssuedAt time.Time
 }
 
 // ReadCredential finds the credential in rc and its expiry.
@@ -118,6 +124,9 @@ func ReadCredential(rc *rest.Config) Credential {
 		c := Credential{Kind: "token"}
 		if exp, ok := TokenExpiry(tok); ok {
 			c.Expiry = exp
+		}
+		if claims, err := member.ParseToken(tok); err == nil && claims.Host() != "" {
+			c.Host, c.IssuedAt = claims.Host(), claims.IssuedAt
 		}
 		return c
 	case len(rc.CertData) > 0 || rc.CertFile != "":
@@ -146,6 +155,8 @@ func expiryCheck(c Credential, now time.Time) Check {
 	switch {
 	case c.Problem != "":
 		ch.Verdict, ch.Detail, ch.Fix = Fail, c.Problem, fixToken
+	case c.Host != "" && !c.Expiry.IsZero():
+		return hostExpiryCheck(c, now)
 	case c.Expiry.IsZero():
 		ch.Verdict, ch.Detail = OK, fmt.Sprintf("the %s carries no expiry this host can read (only the API server knows whether it is still valid)", c.Kind)
 	case !c.Expiry.After(now):
@@ -159,6 +170,29 @@ func expiryCheck(c Credential, now time.Time) Check {
 	default:
 		ch.Verdict = OK
 		ch.Detail = fmt.Sprintf("the %s expires at %s, in %s", c.Kind, c.Expiry.UTC().Format(time.RFC3339), c.Expiry.Sub(now).Round(time.Hour))
+	}
+	return ch
+}
+
+// hostExpiryCheck judges the token of a host's own identity, which the
+// running agent renews at member.tokenRenewPercent (80% at most) of its
+// lifetime: a short lifetime is normal, a token in its last fifth means
+// the renewal is not happening.
+func hostExpiryCheck(c Credential, now time.Time) Check {
+	ch := Check{Name: "credential expiry"}
+	left := c.Expiry.Sub(now)
+	switch {
+	case left <= 0:
+		ch.Verdict = Fail
+		ch.Detail = fmt.Sprintf("the token of host %s expired at %s (%s ago); an expired token cannot renew itself", c.Host, c.Expiry.UTC().Format(time.RFC3339), (-left).Round(time.Second))
+		ch.Fix = fmt.Sprintf("on the cluster, as its admin: bridge-agent host add %s; copy %s.join.yaml here and run: bridge-agent join %s.join.yaml", c.Host, c.Host, c.Host)
+	case !c.IssuedAt.IsZero() && left < c.Expiry.Sub(c.IssuedAt)/5:
+		ch.Verdict = Warn
+		ch.Detail = fmt.Sprintf("the token of host %s expires at %s, in %s, and has not been renewed (the agent renews it by 80%% of its lifetime)", c.Host, c.Expiry.UTC().Format(time.RFC3339), left.Round(time.Second))
+		ch.Fix = "start the agent (systemctl start bridge-agent) and see bridge-agent status for the renewal error"
+	default:
+		ch.Verdict = OK
+		ch.Detail = fmt.Sprintf("the token of host %s expires at %s, in %s; the agent renews it", c.Host, c.Expiry.UTC().Format(time.RFC3339), left.Round(time.Second))
 	}
 	return ch
 }

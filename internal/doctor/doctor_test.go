@@ -64,10 +64,18 @@ func TestExpiryCheck(t *testing.T) {
 		{Credential{Kind: "token", Expiry: now.Add(365 * 24 * time.Hour)}, OK, "expires at 2027"},
 		{Credential{Kind: "token"}, OK, "no expiry"},
 		{Credential{Kind: "token", Problem: "read token file: no such file"}, Fail, "no such file"},
+		// A host's own token: short lifetimes are normal, the last fifth
+		// means the agent did not renew it.
+		{Credential{Kind: "token", Host: "vm1", IssuedAt: now.Add(-time.Hour), Expiry: now.Add(23 * time.Hour)}, OK, "the agent renews it"},
+		{Credential{Kind: "token", Host: "vm1", IssuedAt: now.Add(-23 * time.Hour), Expiry: now.Add(time.Hour)}, Warn, "has not been renewed"},
+		{Credential{Kind: "token", Host: "vm1", IssuedAt: now.Add(-25 * time.Hour), Expiry: now.Add(-time.Hour)}, Fail, "cannot renew itself"},
 	} {
 		c := expiryCheck(tc.c, now)
 		if c.Verdict != tc.want || !strings.Contains(c.Detail, tc.text) || (c.Verdict != OK) != (c.Fix != "") {
 			t.Errorf("expiryCheck(%+v) = %+v; want %s with %q, a fix exactly when not ok", tc.c, c, tc.want, tc.text)
+		}
+		if tc.c.Host != "" && c.Verdict == Fail && !strings.Contains(c.Fix, "bridge-agent host add vm1") {
+			t.Errorf("expired host token: fix %q does not name host add", c.Fix)
 		}
 	}
 }

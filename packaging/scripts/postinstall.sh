@@ -68,14 +68,15 @@ cat <<MSG
 bridge-agent is installed and enabled, but not started: $config
 names no credentials that exist yet ($(/usr/bin/bridge-agent kubeconfig --check --offline --config "$config" 2>&1 | head -n 1 || true)).
 Next:
-  1. On the cluster, as its admin: kubectl apply -f /usr/share/bridge-agent/rbac.yaml
-     and make a token for ServiceAccount bridge-agent/bridge-agent:
+  1. On the cluster, as its admin, once: kubectl apply -f /usr/share/bridge-agent/rbac.yaml \\
+       -f /usr/share/bridge-agent/member-policy.yaml
+     then per host: bridge-agent host add NAME   (writes NAME.join.yaml; copy it here)
+  2. Here: bridge-agent join NAME.join.yaml   (writes the kubeconfig and token 0600)
+     (or, with the shared read-only ServiceAccount's token and the cluster's CA:
        (umask 077; kubectl -n bridge-agent create token bridge-agent --duration=8760h > token)
-     Copy the token and the cluster's CA certificate (ca.crt) to this host.
-  2. Here:
        bridge-agent kubeconfig --server https://API-SERVER:6443 --token-file token \\
          --ca-file ca.crt -o /etc/bridge-agent/kubeconfig    (mode 0600)
-       rm token; bridge-agent kubeconfig --check    (contacts the API server)
+       rm token; bridge-agent kubeconfig --check    (contacts the API server))
   3. systemctl start bridge-agent && bridge-agent doctor
 See man bridge-agent.
 MSG

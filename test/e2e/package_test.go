@@ -330,8 +330,8 @@ func hasServiceRules(rules string) bool {
 	return strings.Contains(rules, "nft: table ip bridge-agent") || strings.Contains(rules, ":BRIDGE-SERVICES")
 }
 
-// ruleWatch samples the agent's NAT rules in the background and records
-// every moment they were missing.
+// ruleWatch samples a condition in the background (the agent's NAT rules,
+// its readiness) and records every moment it did not hold.
 type ruleWatch struct {
 	stop    chan struct{}
 	done    chan struct{}
@@ -340,7 +340,19 @@ type ruleWatch struct {
 	gaps    []string
 }
 
+// watchRules samples the agent's NAT rules every 100 ms.
 func watchRules(ctx context.Context) *ruleWatch {
+	return watchSamples(100*time.Millisecond, func() error {
+		rules, err := agentRules(ctx)
+		if err == nil && !hasServiceRules(rules) {
+			err = errors.New("no Service rules")
+		}
+		return err
+	})
+}
+
+// watchSamples calls check every interval until finish.
+func watchSamples(every time.Duration, check func() error) *ruleWatch {
 	w := &ruleWatch{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
@@ -348,12 +360,12 @@ func watchRules(ctx context.Context) *ruleWatch {
 			select {
 			case <-w.stop:
 				return
-			case <-time.After(100 * time.Millisecond):
+			case <-time.After(every):
 			}
-			rules, err := agentRules(ctx)
+			err := check()
 			w.mu.Lock()
 			w.samples++
-			if err != nil || !hasServiceRules(rules) {
+			if err != nil {
 				w.gaps = append(w.gaps, fmt.Sprintf("%s: %v", time.Now().Format("15:04:05.000"), err))
 			}
 			w.mu.Unlock()
@@ -371,7 +383,7 @@ func (w *ruleWatch) finish() (samples int, gaps []string) {
 // TestPackage installs the .deb on a booted Debian in the sandbox's VM
 // network namespace and runs it with systemd, following README's "Install
 // on a VM": install (not started without credentials), join with
-// `bridge-agent kubeconfig`, start, reach a Service by name, restart,
+// the bundle of `bridge-agent host add`, start, reach a Service by name, restart,
 // upgrade (rules and the edited conffile kept), purge (nothing of ours
 // left). The VM runs systemd-resolved with a networkd-managed uplink and
 // mDNS on, as Ubuntu does: names resolve through resolved (getent, curl,
@@ -489,7 +501,7 @@ func TestPackage(t *testing.T) {
 	}
 	setsBefore := countSets()
 
-	// 2. Join: the kubeconfig from the token and CA, then start.
+	// 2a. The shared ServiceAccount's flow: the kubeconfig from the token and CA.
 	// As the install's "Next:" text says: -o writes it mode 0600 whatever
 	// the umask, and --check asks the API server.
 	vm.sh(ctx, t, fmt.Sprintf("rm /etc/bridge-agent/kubeconfig; umask 022; bridge-agent kubeconfig --server %s --token-file /root/token --ca-file /root/ca.crt -o /etc/bridge-agent/kubeconfig", tb.APIServerURL))
@@ -499,6 +511,23 @@ func TestPackage(t *testing.T) {
 	if out := vm.run(ctx, t, "bridge-agent", "kubeconfig", "--check"); !strings.Contains(out, "[ok] RBAC") {
 		t.Errorf("kubeconfig --check did not check RBAC against the API server:\n%s", out)
 	}
+	// 2b. Join with an identity of its own, which replaces that kubeconfig: `host add` on the cluster, the one bundle file copied over,
+	// `join` (checked against the API server; kubeconfig and token 0600),
+	// then start.
+	if err := tb.ApplyMemberPolicy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := admin(ctx, "host", "add", "pkgvm", "-o", filepath.Join(vm.root, "root", "pkgvm.join.yaml")); err != nil {
+		t.Fatalf("host add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _, _ = admin(context.Background(), "host", "remove", "pkgvm") })
+	t.Logf("join:\n%s", vm.run(ctx, t, "bridge-agent", "join", "/root/pkgvm.join.yaml"))
+	if got := vm.run(ctx, t, "stat", "-c", "%a %U", "/etc/bridge-agent/kubeconfig", "/etc/bridge-agent/token"); got != "600 root\n600 root\n" {
+		t.Errorf("joined credentials: modes %q, want 600 root", got)
+	}
+	if out := vm.run(ctx, t, "bridge-agent", "kubeconfig", "--check"); !strings.Contains(out, "[ok] RBAC") {
+		t.Errorf("kubeconfig --check of the joined host did not check RBAC against the API server:\n%s", out)
+	}
 	start = time.Now()
 	vm.run(ctx, t, "systemctl", "start", "bridge-agent") // returns once READY=1
 	t.Logf("systemctl start (to READY=1) took %s", time.Since(start).Round(time.Millisecond))
@@ -507,6 +536,18 @@ func TestPackage(t *testing.T) {
 	}
 	ready := func(what string) { t.Helper(); vm.waitReady(ctx, t, what) }
 	ready("after start")
+	// The agent runs on the host's own identity and heartbeats under the
+	// hardened unit.
+	waitFor(t, 30*time.Second, "hosts showing pkgvm alive", func() error {
+		out, err := admin(ctx, "hosts")
+		if err == nil && !hostLine(out, "pkgvm", "alive", "true", "nftables") {
+			err = fmt.Errorf("hosts:\n%s", out)
+		}
+		return err
+	})
+	if st := vm.run(ctx, t, "bridge-agent", "status"); !strings.Contains(st, "Host:        pkgvm (ServiceAccount bridge-agent/bridge-agent-pkgvm)") {
+		t.Errorf("status does not name the host's identity:\n%s", st)
+	}
 	if st := vm.run(ctx, t, "systemctl", "status", "--no-pager", "bridge-agent"); !regexp.MustCompile(`Status: "ready: \d+ services, \d+ endpoints; proxy nftables"`).MatchString(st) {
 		t.Errorf("systemctl status after start does not say ready:\n%s", st)
 	}
