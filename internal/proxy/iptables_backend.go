@@ -316,6 +316,11 @@ type ProxyStatus struct {
 	// ModeReason says why proxy.mode auto chose Backend (ChooseBackend:
 	// when not nftables, the probe's error); empty for an explicit mode.
 	ModeReason string `json:"modeReason,omitempty"`
+	// Connections are the connections this host opened to each Service
+	// port, from the kernel's counters (counters.go); ConnectionsError
+	// says why they could not be read.
+	Connections      []ServicePortCounter `json:"connections,omitempty"`
+	ConnectionsError string               `json:"connectionsError,omitempty"`
 }
 
 // Status implements daemon.StatusReporter.
