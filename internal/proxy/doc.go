@@ -28,12 +28,16 @@
 //	nat OUTPUT, PREROUTING ─► BRIDGE-SERVICES
 //	    one rule per cluster IP and port: -d IP -p PROTO --dport PORT ─► BRIDGE-SVC-<hash>
 //	BRIDGE-SVC-<hash>      one per Service port and protocol
+//	    -j BRIDGE-CNT-<hash>
 //	    [-j BRIDGE-MARK-MASQ when masquerading]
 //	    [-m recent --rcheck per endpoint, for sessionAffinity: ClientIP]
 //	    -m statistic --probability 1/(n-i) ─► BRIDGE-SEP-<hash>, last rule unconditional
 //	BRIDGE-SEP-<hash>      one per endpoint of a Service port
 //	    -s ENDPOINT ─► BRIDGE-MARK-MASQ (hairpin)
 //	    [-m recent --set] -j DNAT --to-destination ENDPOINT
+//	BRIDGE-CNT-<hash>      one per Service port: counts its connections
+//	    -m comment --comment "NAME PROTO" -j RETURN
+//	    declared only when missing, so that rewrites keep the count
 //	BRIDGE-MARK-MASQ       sets the masquerade mark (default 0x4000)
 //	nat POSTROUTING ─► BRIDGE-POSTROUTING
 //	    masquerades marked packets (--random-fully) and clears the mark

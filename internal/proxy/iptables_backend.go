@@ -325,9 +325,10 @@ type ProxyStatus struct {
 
 // Status implements daemon.StatusReporter.
 func (p *IPTables) Status() any {
+	st := ProxyStatus{Mode: "iptables", Backend: "iptables", Variant: p.opts.Variant, Families: map[string]FamilyStatus{}}
+	st.connections(p.ServiceCounters)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := ProxyStatus{Mode: "iptables", Backend: "iptables", Variant: p.opts.Variant, Families: map[string]FamilyStatus{}}
 	for fam, s := range p.stats {
 		st.Families[fam.String()] = FamilyStatus{
 			Services: s.Services, ServicePorts: s.ServicePorts, Endpoints: s.Endpoints, NoEndpoints: s.NoEndpoints,
