@@ -18,11 +18,10 @@ import (
 // TestServiceConnectionCounters: the connections a process of the VM opens
 // to a Service port move that port's counter, in the metrics and in the
 // status, by exactly their number; another Service's counter does not
-// move. The nftables backend counts; the iptables one does not yet.
+// move.
 func TestServiceConnectionCounters(t *testing.T) {
 	requireTestbed(t)
-	m := proxyMode{name: "nftables", mode: "nftables"}
-	t.Run(m.name, func(t *testing.T) { testServiceConnectionCounters(t, m, "count-"+m.name) })
+	forEachMode(t, "count", testServiceConnectionCounters)
 }
 
 func testServiceConnectionCounters(t *testing.T, m proxyMode, ns string) {
@@ -107,5 +106,8 @@ func testServiceConnectionCounters(t *testing.T, m proxyMode, ns string) {
 // counterDump shows the backend's rules and counters in the VM, for a
 // failure.
 func (m proxyMode) counterDump(ctx context.Context, t *testing.T) string {
-	return vmExec(ctx, t, "nft", "list", "ruleset")
+	if m.mode == "nftables" {
+		return vmExec(ctx, t, "nft", "list", "ruleset")
+	}
+	return vmExec(ctx, t, "iptables-save", "-c", "-t", "nat")
 }
