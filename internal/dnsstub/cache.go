@@ -24,7 +24,7 @@ const (
 // heap profiles show for answers of A records) plus cacheEntryOverhead;
 // the least recently used go first.
 const (
-	cacheMaxBytes      = 4 << 20
+	cacheMaxBytes      = 3 << 20
 	cacheEntryOverhead = 256
 )
 

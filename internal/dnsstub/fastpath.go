@@ -35,10 +35,11 @@ import (
 // many questions and this many bytes (keys and replies, plus
 // replyOverhead each), whichever comes first. A reply may be 4 KiB (the
 // largest client buffer we fill) and a key 260 bytes, so a count alone
-// would let 32k of them hold 140 MiB; the bytes keep it to 4 MiB.
+// would let 32k of them hold 140 MiB; the bytes keep it to 6 MiB, which holds
+// the answers to some 40,000 questions of Services.
 const (
 	replyCacheGeneration      = 1 << 14
-	replyCacheGenerationBytes = 2 << 20
+	replyCacheGenerationBytes = 3 << 20
 	replyOverhead             = 96 // the map entry, the fastReply and the slices' headers
 )
 
