@@ -179,6 +179,13 @@ func (c *cache) get(k cacheKey, now time.Time, allowStale bool) (m *dns.Msg, sta
 	return m, !fresh, true
 }
 
+// weight returns what the entries count against cacheMaxBytes.
+func (c *cache) weight() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bytes
+}
+
 func (c *cache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -142,7 +142,7 @@ func TestMemoryBoundedUnderLoad(t *testing.T) {
 	}
 	peak = max(peak, rss(t))
 	t.Logf("idle RSS %.1f MiB, peak under load %.1f MiB (%+.1f MiB); %d queries sent, %d replies; %d goroutines at most; forward cache %d entries (%d KiB weight), %d busy and %d waiters refusals",
-		mib(idle), mib(peak), mib(peak-idle), sent.Load(), received.Load(), peakGoroutines, s.cache.len(), s.cache.bytes>>10,
+		mib(idle), mib(peak), mib(peak-idle), sent.Load(), received.Load(), peakGoroutines, s.cache.len(), s.cache.weight()>>10,
 		int(val(s.metrics.rejections.WithLabelValues(limitBusy))), int(val(s.metrics.rejections.WithLabelValues(limitWaiters))))
 	// The load must have reached the bounds, whatever this machine's
 	// speed: the slow path full, or as many askers waiting for the one
