@@ -28,11 +28,7 @@ func TestIPTablesCountersKernel(t *testing.T) {
 				t.Fatal(err)
 			}
 			inNetns(t, ns, "ip", "link", "set", "lo", "up")
-			inNetns(t, ns, "ip", "link", "add", "pods", "type", "veth", "peer", "name", "podsp")
-			inNetns(t, ns, "ip", "link", "set", "podsp", "up")
-			inNetns(t, ns, "ip", "link", "set", "pods", "up")
-			inNetns(t, ns, "ip", "addr", "add", "10.244.1.5/32", "dev", "pods")
-			inNetns(t, ns, "ip", "route", "add", "172.30.0.0/16", "dev", "pods")
+			podLink(t, ns)
 
 			count := func(step string, https uint64) {
 				t.Helper()

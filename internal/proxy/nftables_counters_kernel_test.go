@@ -17,6 +17,17 @@ func (r *recordingRunner) listCounters(ctx context.Context, fam Family) ([]byte,
 	return r.nftRunner.(nftCounterLister).listCounters(ctx, fam)
 }
 
+// podLink gives ns the endpoint address 10.244.1.5 on a veth, and a route
+// for the cluster IPs 172.30.0.0/16 through it.
+func podLink(t *testing.T, ns string) {
+	t.Helper()
+	inNetns(t, ns, "ip", "link", "add", "pods", "type", "veth", "peer", "name", "podsp")
+	inNetns(t, ns, "ip", "link", "set", "podsp", "up")
+	inNetns(t, ns, "ip", "link", "set", "pods", "up")
+	inNetns(t, ns, "ip", "addr", "add", "10.244.1.5/32", "dev", "pods")
+	inNetns(t, ns, "ip", "route", "add", "172.30.0.0/16", "dev", "pods")
+}
+
 // connectInNetns opens n TCP connections to dst from inside ns, each
 // answered by a listener at endpoint (an address of the namespace), and
 // one to refused, a Service port without endpoints.
@@ -78,11 +89,7 @@ func TestNFTablesCountersKernel(t *testing.T) {
 	if err := p.Sync(ctx, snapshot(testServices()...)); err != nil {
 		t.Fatal(err)
 	}
-	inNetns(t, ns, "ip", "link", "add", "pods", "type", "veth", "peer", "name", "podsp")
-	inNetns(t, ns, "ip", "link", "set", "podsp", "up")
-	inNetns(t, ns, "ip", "link", "set", "pods", "up")
-	inNetns(t, ns, "ip", "addr", "add", "10.244.1.5/32", "dev", "pods")
-	inNetns(t, ns, "ip", "route", "add", "172.30.0.0/16", "dev", "pods")
+	podLink(t, ns)
 
 	count := func(step string, https, empty uint64) {
 		t.Helper()
