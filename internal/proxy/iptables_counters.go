@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os/exec"
 	"strconv"
 	"strings"
 )
@@ -51,19 +53,38 @@ func (r *iptRenderer) writeCounters(w *writer) {
 	}
 }
 
-// iptCounterSaver lists the nat table with its counters.
+// iptCounterSaver lists the nat table with its counters
+// ("iptables-save -c -t nat"), handing its output to parse as it comes: at
+// 10k Services the table is some 50 MB of text, of which only the counter
+// rules are kept.
 type iptCounterSaver interface {
-	saveNATCounters(ctx context.Context, fam Family) ([]byte, error)
+	saveNATCounters(ctx context.Context, fam Family, parse func(io.Reader) error) error
 }
 
-func (x *execXtables) saveNATCounters(ctx context.Context, fam Family) ([]byte, error) {
-	return runTool(ctx, nil, toolName(fam, x.variant, "-save"), "-c", "-t", "nat")
+func (x *execXtables) saveNATCounters(ctx context.Context, fam Family, parse func(io.Reader) error) error {
+	name := toolName(fam, x.variant, "-save")
+	cmd := exec.CommandContext(ctx, name, "-c", "-t", "nat")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	perr := parse(out)
+	_, _ = io.Copy(io.Discard, out) // let it finish after a parse error
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("%s: %w: %s", name, err, strings.TrimSpace(stderr.String()))
+	}
+	return perr
 }
 
 // parseIPTCounters adds the packets of the counter rules in save (the
 // output of "iptables-save -c -t nat") to sums.
-func parseIPTCounters(save []byte, sums map[ServicePortCounter]uint64) error {
-	sc := bufio.NewScanner(bytes.NewReader(save))
+func parseIPTCounters(save io.Reader, sums map[ServicePortCounter]uint64) error {
+	sc := bufio.NewScanner(save)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
 		line := sc.Text()
@@ -107,11 +128,8 @@ func (p *IPTables) ServiceCounters(ctx context.Context) ([]ServicePortCounter, e
 	p.mu.Unlock()
 	sums := map[ServicePortCounter]uint64{}
 	for _, fam := range fams {
-		save, err := saver.saveNATCounters(ctx, fam)
-		if err != nil {
-			return nil, fmt.Errorf("read iptables counters of %s: %w", fam, err)
-		}
-		if err := parseIPTCounters(save, sums); err != nil {
+		parse := func(r io.Reader) error { return parseIPTCounters(r, sums) }
+		if err := saver.saveNATCounters(ctx, fam, parse); err != nil {
 			return nil, fmt.Errorf("read iptables counters of %s: %w", fam, err)
 		}
 	}

@@ -1,14 +1,20 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"strings"
 	"testing"
 	"time"
 )
 
-func (x *netnsXtables) saveNATCounters(ctx context.Context, fam Family) ([]byte, error) {
-	return x.run(ctx, nil, toolName(fam, x.variant, "-save"), "-c", "-t", "nat")
+func (x *netnsXtables) saveNATCounters(ctx context.Context, fam Family, parse func(io.Reader) error) error {
+	out, err := x.run(ctx, nil, toolName(fam, x.variant, "-save"), "-c", "-t", "nat")
+	if err != nil {
+		return err
+	}
+	return parse(bytes.NewReader(out))
 }
 
 // The kernel counts each connection to a Service port with endpoints once
