@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -272,6 +273,38 @@ func printProxy(w io.Writer, st *daemon.Status) {
 			}
 			fmt.Fprintf(w, ", written %s\n", fs.LastWrite.Format(time.RFC3339))
 		}
+		printConnections(w, ps)
+	}
+}
+
+// maxConnectionLines bounds the Service ports the text status lists by
+// connections; the JSON has them all.
+const maxConnectionLines = 20
+
+// printConnections lists the Service ports this host opened connections
+// to, most used first.
+func printConnections(w io.Writer, ps proxy.ProxyStatus) {
+	if ps.ConnectionsError != "" {
+		fmt.Fprintf(w, "  connections by Service: cannot read: %s\n", ps.ConnectionsError)
+		return
+	}
+	used := slices.DeleteFunc(slices.Clone(ps.Connections), func(c proxy.ServicePortCounter) bool { return c.Connections == 0 })
+	if len(used) == 0 {
+		fmt.Fprintf(w, "  connections by Service: none since the rules were written\n")
+		return
+	}
+	slices.SortStableFunc(used, func(a, b proxy.ServicePortCounter) int { return cmp.Compare(b.Connections, a.Connections) })
+	fmt.Fprintf(w, "  connections by Service (%d of %d ports used):\n", len(used), len(ps.Connections))
+	for i, c := range used {
+		if i == maxConnectionLines {
+			fmt.Fprintf(w, "    ... and %d more\n", len(used)-i)
+			break
+		}
+		name := c.Namespace + "/" + c.Service
+		if c.Port != "" {
+			name += ":" + c.Port
+		}
+		fmt.Fprintf(w, "    %-50s %-4s %d\n", name, c.Protocol, c.Connections)
 	}
 }
 

@@ -73,3 +73,30 @@ func (f fixedStatus) Sync(context.Context, *cluster.Snapshot) error             
 func (f fixedStatus) Status() any                                                      { return f.st }
 func (f fixedStatus) Collectors() []prometheus.Collector                               { return nil }
 func (f fixedStatus) ObserveProgramming(map[cluster.ServiceKey][]time.Time, time.Time) {}
+
+// The status lists the Service ports used, most connections first, from
+// the proxy's "connections"; a reading error is said.
+func TestPrintStatusShowsConnections(t *testing.T) {
+	now := time.Now()
+	details := []byte(`{"mode":"nftables","backend":"nftables","families":{},"connections":[
+		{"namespace":"shop","service":"db","port":"","protocol":"TCP","connections":3},
+		{"namespace":"shop","service":"idle","port":"http","protocol":"TCP","connections":0},
+		{"namespace":"shop","service":"web","port":"http","protocol":"TCP","connections":12}]}`)
+	st := &daemon.Status{Version: "test", StartTime: now, Ready: true, Consumers: []daemon.ConsumerState{{Name: "proxy", LastSync: now, Details: details}}}
+	var out bytes.Buffer
+	printStatus(&out, st, now)
+	text := out.String()
+	web := strings.Index(text, "    shop/web:http")
+	db := strings.Index(text, "    shop/db ")
+	if !strings.Contains(text, "  connections by Service (2 of 3 ports used):\n") || web < 0 || db < web || strings.Contains(text, "shop/idle") ||
+		!strings.Contains(text, " TCP  12\n") || !strings.Contains(text, " TCP  3\n") {
+		t.Errorf("status text lacks the connections, most used first:\n%s", text)
+	}
+	details = []byte(`{"mode":"nftables","backend":"nftables","families":{},"connectionsError":"read nftables counters of IPv4: nft: exit status 1"}`)
+	st.Consumers[0].Details = details
+	out.Reset()
+	printStatus(&out, st, now)
+	if want := "  connections by Service: cannot read: read nftables counters of IPv4: nft: exit status 1\n"; !strings.Contains(out.String(), want) {
+		t.Errorf("status text lacks %q:\n%s", want, out.String())
+	}
+}

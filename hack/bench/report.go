@@ -160,6 +160,12 @@ func (b *bench) targets() []targetRow {
 		rows = append(rows, targetRow{"DNS QPS, dnsperf on the other core", "≥ 80k", fmt.Sprintf("%.0f", a.Max.QPS), verdict(a.Max.QPS >= 80000, fmt.Sprintf("%.2f× the goal, %.2f%% lost", a.Max.QPS/80000, a.Max.LossPct))})
 		rows = append(rows, targetRow{"DNS p99 at half that load", "≤ 1 ms", fd(a.Half.P99), verdict(a.Half.P99 > 0 && a.Half.P99 <= time.Millisecond, fmt.Sprintf("at %.0f QPS", a.Half.Limit))})
 	}
+	if len(b.dns) > 0 && b.dns[0].Error == "" && b.dns[0].IdleRSS > 0 {
+		a := b.dns[0]
+		g := a.LoadRSS - a.IdleRSS
+		rows = append(rows, targetRow{"stub RSS under dnsperf vs idle", "≤ idle + 32 MiB", fmib(a.LoadRSS),
+			verdict(a.LoadRSS > 0 && g <= 32<<20, fmt.Sprintf("idle %s, %+.1f MiB", fmib(a.IdleRSS), float64(g)/(1<<20)))})
+	}
 	// Data path on nftables: flat in the number of Services; small overhead.
 	var first, last *peerRun
 	for _, s := range b.sizes {
@@ -311,18 +317,18 @@ func (b *bench) writeReport(dir string) (string, error) {
 
 	if len(b.dns) > 0 {
 		p("## DNS: dnsperf against the agent's stub and CoreDNS\n\n")
-		p("Each server alone, pinned to CPU 0 from its start; dnsperf (%d outstanding, 4 clients) pinned to CPU 1, over loopback in the server's namespace, %s per run, the same generated query mix from the loaded Services: 40%% Service A (FQDN), 20%% Service A by short name `<svc>.<ns>.svc` (the full name for CoreDNS, which does not answer short names), 15%% SRV, 15%% NXDOMAIN in the cluster zone, 10%% forwarded to the sandbox's upstream server (cached by both). *Max*: unthrottled, lowered until loss < 1%%; latency at half that rate.\n\n", b.dnsOpts.outstanding, b.dnsOpts.duration)
-		p("| server | QPS (max) | lost | avg latency | QPS (half) | p50 @ half | p99 @ half | CPU | peak RSS | rcodes |\n|---|---|---|---|---|---|---|---|---|---|\n")
+		p("Each server alone, pinned to CPU 0 from its start; dnsperf (%d outstanding, 4 clients) pinned to CPU 1, over loopback in the server's namespace, %s per run, the same generated query mix from the loaded Services: 40%% Service A (FQDN), 20%% Service A by short name `<svc>.<ns>.svc` (the full name for CoreDNS, which does not answer short names), 15%% SRV, 15%% NXDOMAIN in the cluster zone, 10%% forwarded to the sandbox's upstream server (cached by both). *Max*: unthrottled, lowered until loss < 1%%; latency at half that rate. *RSS idle*: the server's peak resident set over one sync period before the load (a periodic resync falls in it); *RSS load*: its peak over the dnsperf runs; *peak RSS*: since its start, the first sync included.\n\n", b.dnsOpts.outstanding, b.dnsOpts.duration)
+		p("| server | QPS (max) | lost | avg latency | QPS (half) | p50 @ half | p99 @ half | CPU | RSS idle | RSS load | peak RSS | rcodes |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, d := range b.dns {
 			if d.Error != "" {
-				p("| %s | failed: %s |||||||| |\n", d.Server, oneLine(d.Error))
+				p("| %s | failed: %s |||||||||| |\n", d.Server, oneLine(d.Error))
 				continue
 			}
-			p("| %s | %.0f | %.2f%% | %s | %.0f | %s | %s | %s | %s | %s |\n", d.Server, d.Max.QPS, d.Max.LossPct, fd(d.Max.AvgLatency), d.Half.QPS, fd(d.Half.P50), fd(d.Half.P99), fd(d.CPU), fmib(d.HWM), rcodes(d.Max.Rcodes))
+			p("| %s | %.0f | %.2f%% | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n", d.Server, d.Max.QPS, d.Max.LossPct, fd(d.Max.AvgLatency), d.Half.QPS, fd(d.Half.P50), fd(d.Half.P99), fd(d.CPU), fmib(d.IdleRSS), fmib(d.LoadRSS), fmib(d.HWM), rcodes(d.Max.Rcodes))
 		}
 		if len(b.dns) == 2 && b.dns[0].Error == "" && b.dns[1].Error == "" {
 			a, c := b.dns[0], b.dns[1]
-			p("| ratio (stub ÷ CoreDNS QPS; CoreDNS ÷ stub latency) | %.2f× | | | | %s | %s | | %s | |\n", a.Max.QPS/c.Max.QPS, rd(a.Half.P50, c.Half.P50), rd(a.Half.P99, c.Half.P99), ratio(float64(a.HWM), float64(c.HWM)))
+			p("| ratio (stub ÷ CoreDNS QPS; CoreDNS ÷ stub latency) | %.2f× | | | | %s | %s | | %s | %s | %s | |\n", a.Max.QPS/c.Max.QPS, rd(a.Half.P50, c.Half.P50), rd(a.Half.P99, c.Half.P99), ratio(float64(a.IdleRSS), float64(c.IdleRSS)), ratio(float64(a.LoadRSS), float64(c.LoadRSS)), ratio(float64(a.HWM), float64(c.HWM)))
 		}
 		p("\n")
 	}

@@ -17,6 +17,17 @@ const (
 	staleTTL       = 30   // the TTL of a stale answer (RFC 8767)
 )
 
+// cacheMaxBytes bounds the memory of the forward cache besides its
+// entry count (Options.CacheSize): a forwarded answer may be 64 KiB (over
+// TCP), so 10,000 of them could hold 640 MiB. An entry weighs four times
+// its packed size (the unpacked records, their strings and headers, as
+// heap profiles show for answers of A records) plus cacheEntryOverhead;
+// the least recently used go first.
+const (
+	cacheMaxBytes      = 3 << 20
+	cacheEntryOverhead = 256
+)
+
 // cacheKey identifies a forwarded question.
 type cacheKey struct {
 	name  string // lower case
@@ -35,20 +46,23 @@ type cacheEntry struct {
 	msg     *dns.Msg // the upstream reply, with TTLs as received
 	stored  time.Time
 	expires time.Time
+	weight  int // what it counts against cacheMaxBytes
 }
 
 // cache is a bounded LRU of forwarded answers. Entries stay past their
 // expiry for the serve-stale window, then go.
 type cache struct {
-	mu    sync.Mutex
-	max   int
-	stale time.Duration
-	ll    *list.List
-	items map[cacheKey]*list.Element
+	mu       sync.Mutex
+	max      int
+	maxBytes int
+	bytes    int // the weight of the entries
+	stale    time.Duration
+	ll       *list.List
+	items    map[cacheKey]*list.Element
 }
 
 func newCache(max int, stale time.Duration) *cache {
-	return &cache{max: max, stale: stale, ll: list.New(), items: map[cacheKey]*list.Element{}}
+	return &cache{max: max, maxBytes: cacheMaxBytes, stale: stale, ll: list.New(), items: map[cacheKey]*list.Element{}}
 }
 
 // ttlOf returns how long a reply may be cached, or 0 when it must not be.
@@ -92,20 +106,32 @@ func (c *cache) put(k cacheKey, m *dns.Msg, now time.Time) {
 	if ttl == 0 {
 		return
 	}
-	e := &cacheEntry{key: k, msg: m.Copy(), stored: now, expires: now.Add(time.Duration(ttl) * time.Second)}
+	e := &cacheEntry{key: k, msg: m.Copy(), stored: now, expires: now.Add(time.Duration(ttl) * time.Second),
+		weight: 4*m.Len() + cacheEntryOverhead}
+	if e.weight > c.maxBytes/16 {
+		return // one answer never takes a sixteenth of the cache
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if el, ok := c.items[k]; ok {
+		c.bytes -= el.Value.(*cacheEntry).weight
 		el.Value = e
 		c.ll.MoveToFront(el)
-		return
+	} else {
+		c.items[k] = c.ll.PushFront(e)
 	}
-	c.items[k] = c.ll.PushFront(e)
-	for c.ll.Len() > c.max {
-		last := c.ll.Back()
-		c.ll.Remove(last)
-		delete(c.items, last.Value.(*cacheEntry).key)
+	c.bytes += e.weight
+	for c.ll.Len() > c.max || c.bytes > c.maxBytes {
+		c.removeLocked(c.ll.Back())
 	}
+}
+
+// removeLocked drops the entry of el; c.mu is held.
+func (c *cache) removeLocked(el *list.Element) {
+	e := el.Value.(*cacheEntry)
+	c.ll.Remove(el)
+	delete(c.items, e.key)
+	c.bytes -= e.weight
 }
 
 // get returns a copy of the cached reply with its TTLs aged. A fresh entry
@@ -120,8 +146,7 @@ func (c *cache) get(k cacheKey, now time.Time, allowStale bool) (m *dns.Msg, sta
 	}
 	e := el.Value.(*cacheEntry)
 	if now.After(e.expires.Add(c.stale)) {
-		c.ll.Remove(el)
-		delete(c.items, k)
+		c.removeLocked(el)
 		c.mu.Unlock()
 		return nil, false, false
 	}
@@ -152,6 +177,13 @@ func (c *cache) get(k cacheKey, now time.Time, allowStale bool) (m *dns.Msg, sta
 		}
 	}
 	return m, !fresh, true
+}
+
+// weight returns what the entries count against cacheMaxBytes.
+func (c *cache) weight() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bytes
 }
 
 func (c *cache) len() int {

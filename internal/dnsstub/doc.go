@@ -56,4 +56,12 @@
 // answer or REFUSED at once; answers from the zone are never limited. A
 // query of ours that loops back is answered SERVFAIL, and its name and
 // type skip that upstream for a while (loop.go).
+//
+// Memory is bounded whatever the load: the UDP queries served outside the
+// fast path at once (slowpath.go; over the bound REFUSED at once), the
+// queries waiting for one upstream question (flight.go), the forward cache
+// and the packed zone replies in bytes as well as entries, and each
+// upstream exchange's reply buffer. Under a flood of distinct names and
+// clients the process grows by less than 32 MiB over its idle size
+// (TestMemoryBoundedUnderLoad).
 package dnsstub

@@ -1,7 +1,6 @@
 package dnsstub
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"net"
@@ -23,7 +22,8 @@ import (
 // without unpacking the query nor packing the reply. A Sync swaps the zone
 // and with it the replies.
 //
-// Anything unusual goes the ordinary way (dns.Server, ServeDNS): more than
+// Anything unusual goes the ordinary way (ServeDNS, through the bounded
+// slow path of slowpath.go): more than
 // one question or record, an opcode other than QUERY, a response, EDNS0
 // options or another version, compressed question names, classes other
 // than IN, names the zone does not answer alone (forwarded, reverse,
@@ -31,9 +31,17 @@ import (
 // answers take no forwarding slot (limiter.go): slow upstreams never make
 // the stub refuse them.
 
-// replyCacheGeneration bounds the replies kept per zone: two generations
-// of this many questions.
-const replyCacheGeneration = 1 << 14
+// Bounds of the replies kept per zone: two generations of at most this
+// many questions and this many bytes (keys and replies, plus
+// replyOverhead each), whichever comes first. A reply may be 4 KiB (the
+// largest client buffer we fill) and a key 260 bytes, so a count alone
+// would let 32k of them hold 140 MiB; the bytes keep it to 6 MiB, which holds
+// the answers to some 40,000 questions of Services.
+const (
+	replyCacheGeneration      = 1 << 14
+	replyCacheGenerationBytes = 3 << 20
+	replyOverhead             = 96 // the map entry, the fastReply and the slices' headers
+)
 
 // fastConn is the stub's UDP socket as dns.Server sees it: a
 // net.PacketConn that is not a *net.UDPConn, so that the server reads
@@ -51,6 +59,7 @@ type fastReader struct {
 	s          *Server
 	buf        []byte // the packet read
 	out        []byte // the reply sent
+	refused    []byte // the last REFUSED reply sent by serveSlow
 	key        []byte
 }
 
@@ -63,9 +72,10 @@ func (r *fastReader) ReadUDP(conn *net.UDPConn, timeout time.Duration) ([]byte, 
 	return r.Reader.ReadUDP(conn, timeout)
 }
 
-// ReadPacketConn returns the next packet the fast path does not answer.
-// It sets no read deadline: dns.Server's shutdown sets one in the past to
-// end the read.
+// ReadPacketConn serves the socket until it fails: it answers what the
+// fast path can and hands the rest to serveSlow, so dns.Server only ever
+// sees its error. It sets no read deadline: dns.Server's shutdown sets one
+// in the past to end the read.
 func (r *fastReader) ReadPacketConn(conn net.PacketConn, timeout time.Duration) ([]byte, net.Addr, error) {
 	fc, ok := conn.(fastConn)
 	if !ok {
@@ -83,11 +93,11 @@ func (r *fastReader) ReadPacketConn(conn net.PacketConn, timeout time.Duration) 
 			}
 			continue
 		}
-		// dns.Server serves it in a goroutine of its own. The reader
-		// does not yield to it: that would queue it behind every runnable
-		// goroutine, and a burst of forwarded queries would hold up the
-		// zone answers behind it.
-		return bytes.Clone(pkt), net.UDPAddrFromAddrPort(from), nil
+		// Served in a goroutine of its own, bounded (slowpath.go). The
+		// reader does not yield to it: that would queue it behind every
+		// runnable goroutine, and a burst of forwarded queries would hold
+		// up the zone answers behind it.
+		r.refused = r.s.serveSlow(fc, pkt, from, r.refused)
 	}
 }
 
@@ -258,16 +268,17 @@ func (s *Server) packFast(z *zone, pkt []byte) (e *fastReply) {
 }
 
 // replyCache keeps the packed replies of one zone, bounded: when the
-// current generation is full it becomes the previous one, and the
-// previous one goes.
+// current generation is full (in entries or bytes) it becomes the
+// previous one, and the previous one goes.
 type replyCache struct {
-	max       int
-	mu        sync.RWMutex
-	cur, prev map[string]*fastReply
+	max, maxBytes int
+	mu            sync.RWMutex
+	cur, prev     map[string]*fastReply
+	curBytes      int
 }
 
-func newReplyCache(max int) *replyCache {
-	return &replyCache{max: max, cur: map[string]*fastReply{}}
+func newReplyCache(max, maxBytes int) *replyCache {
+	return &replyCache{max: max, maxBytes: maxBytes, cur: map[string]*fastReply{}}
 }
 
 func (c *replyCache) get(key []byte) *fastReply {
@@ -286,10 +297,14 @@ func (c *replyCache) get(key []byte) *fastReply {
 }
 
 func (c *replyCache) put(key string, e *fastReply) {
+	size := len(key) + len(e.wire) + replyOverhead
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.cur) >= c.max {
-		c.prev, c.cur = c.cur, make(map[string]*fastReply, c.max/4)
+	if len(c.cur) >= c.max || c.curBytes+size > c.maxBytes {
+		c.prev, c.cur, c.curBytes = c.cur, make(map[string]*fastReply, c.max/4), 0
+	}
+	if _, ok := c.cur[key]; !ok {
+		c.curBytes += size
 	}
 	c.cur[key] = e
 }

@@ -305,7 +305,7 @@ func TestFastPathSync(t *testing.T) {
 }
 
 func TestReplyCacheBounded(t *testing.T) {
-	c := newReplyCache(4)
+	c := newReplyCache(4, 1<<20)
 	for i := range 100 {
 		c.put(fmt.Sprint(i), &fastReply{})
 		if n := c.len(); n > 8 {
@@ -316,7 +316,7 @@ func TestReplyCacheBounded(t *testing.T) {
 		t.Error("not the most recent kept")
 	}
 	// A reply still asked for survives a generation.
-	c = newReplyCache(4)
+	c = newReplyCache(4, 1<<20)
 	c.put("keep", &fastReply{})
 	for i := range 3 {
 		c.put(fmt.Sprint(i), &fastReply{})
@@ -326,6 +326,17 @@ func TestReplyCacheBounded(t *testing.T) {
 			t.Fatalf("round %d: a reply in use was dropped", i)
 		}
 		c.put(fmt.Sprint("x", i), &fastReply{})
+	}
+	// Big replies: the bytes bound the generation before the count does.
+	c = newReplyCache(1000, 10*(4096+replyOverhead+3))
+	for i := range 100 {
+		c.put(fmt.Sprintf("%03d", i), &fastReply{wire: make([]byte, 4096)})
+		if n := c.len(); n > 20 {
+			t.Fatalf("%d replies of 4 KiB kept, bound 2 generations of 10", n)
+		}
+	}
+	if c.get([]byte("099")) == nil {
+		t.Error("the newest big reply is not kept")
 	}
 }
 

@@ -2,6 +2,7 @@ package dnsstub
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/miekg/dns"
 )
@@ -23,13 +24,34 @@ type flightKey struct {
 	kind string
 }
 
+// maxFlightWaiters bounds the queries waiting for one flight: past it, an
+// identical question is refused at once (stale from the cache when there
+// is an answer), as over a forwarding limit. Each waiter holds a place of
+// the slow path (slowpath.go), and a process asking one question in a
+// loop while its upstream is slow would otherwise take them all.
+const maxFlightWaiters = 64
+
 // flight is one upstream question in progress; msg and err are set before
 // done is closed.
 type flight struct {
-	done chan struct{}
-	msg  *dns.Msg // never modified once done: waiters copy it
-	err  error
+	done    chan struct{}
+	msg     *dns.Msg // never modified once done: waiters copy it
+	err     error
+	waiters atomic.Int32
 }
+
+// wait counts one more waiter, reporting false (and counting none) when
+// maxFlightWaiters already wait; leave must follow a true.
+func (f *flight) wait() bool {
+	if f.waiters.Add(1) > maxFlightWaiters {
+		f.waiters.Add(-1)
+		return false
+	}
+	return true
+}
+
+// leave counts a waiter out.
+func (f *flight) leave() { f.waiters.Add(-1) }
 
 // flights are the upstream questions in progress.
 type flights struct {

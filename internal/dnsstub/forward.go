@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -108,17 +109,31 @@ func (s *Server) exchange(ctx context.Context, t target, q *dns.Msg) (*dns.Msg, 
 	defer s.trackInflight(key, "", false)
 
 	r, err := exchangeUDP(t.udp, q, deadline)
-	if err != nil {
+	switch {
+	case errors.Is(err, errReplyTooBig):
+	case err != nil:
 		return nil, fmt.Errorf("udp: %w", err)
+	case !r.Truncated:
+		return r, nil
 	}
-	if r.Truncated {
-		r, err = exchangeTCP(t.tcp, q, deadline)
-		if err != nil {
-			return nil, fmt.Errorf("tcp after truncated udp reply: %w", err)
-		}
+	r, err = exchangeTCP(t.tcp, q, deadline)
+	if err != nil {
+		return nil, fmt.Errorf("tcp after truncated udp reply: %w", err)
 	}
 	return r, nil
 }
+
+// udpReplyBuffer is the most of a UDP reply an exchange reads. We
+// advertise ourUDPSize; a reply that fills the buffer is taken as
+// truncated (errReplyTooBig) and the question asked again over TCP. The
+// buffers are pooled: each upstream question in flight (up to
+// Options.MaxForwards) holds one, and 64 KiB each would be 64 MiB.
+const udpReplyBuffer = 2048
+
+var udpReplyBuffers = sync.Pool{New: func() any { b := make([]byte, udpReplyBuffer); return &b }}
+
+// errReplyTooBig is a UDP reply larger than udpReplyBuffer.
+var errReplyTooBig = errors.New("udp reply larger than the buffer")
 
 func exchangeUDP(addr netip.AddrPort, q *dns.Msg, deadline time.Time) (*dns.Msg, error) {
 	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
@@ -126,20 +141,29 @@ func exchangeUDP(addr netip.AddrPort, q *dns.Msg, deadline time.Time) (*dns.Msg,
 		return nil, err
 	}
 	defer c.Close()
-	co := &dns.Conn{Conn: c, UDPSize: dns.MaxMsgSize}
 	if err := c.SetDeadline(deadline); err != nil {
 		return nil, err
 	}
-	if err := co.WriteMsg(q); err != nil {
+	wire, err := q.Pack()
+	if err != nil {
 		return nil, err
 	}
+	if _, err := c.Write(wire); err != nil {
+		return nil, err
+	}
+	bp := udpReplyBuffers.Get().(*[]byte)
+	defer udpReplyBuffers.Put(bp)
+	buf := *bp
 	for {
-		r, err := co.ReadMsg()
+		n, err := c.Read(buf)
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) || errors.Is(err, net.ErrClosed) {
-				return nil, err
-			}
+			return nil, err
+		}
+		if n == len(buf) {
+			return nil, errReplyTooBig
+		}
+		r := new(dns.Msg)
+		if r.Unpack(buf[:n]) != nil {
 			// Garbage on our socket: not an answer, keep waiting.
 			continue
 		}
@@ -235,7 +259,11 @@ func (s *Server) resolveForwarded(ctx context.Context, kind string, targets []ta
 	var err error
 	if leader {
 		r, err = s.lead(ctx, fk, f, kind, targets, q, rd, do, cd)
+	} else if !f.wait() {
+		err = fmt.Errorf("forward %s %s: %w (%s)", q.Name, dns.TypeToString[q.Qtype], errLimited, limitWaiters)
+		s.metrics.rejections.WithLabelValues(limitWaiters).Inc()
 	} else {
+		defer f.leave()
 		s.metrics.coalesced.Inc()
 		select {
 		case <-f.done:

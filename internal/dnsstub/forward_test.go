@@ -2,6 +2,7 @@ package dnsstub
 
 import (
 	"errors"
+	"fmt"
 	"maps"
 	"net"
 	"net/netip"
@@ -291,6 +292,45 @@ func TestCacheBounded(t *testing.T) {
 	c.put(keyOf(servfail.Question[0], false, false), servfail, now)
 	if _, _, ok := c.get(keyOf(servfail.Question[0], false, false), now, true); ok {
 		t.Error("a SERVFAIL was cached")
+	}
+}
+
+// Big answers: the bytes bound the cache before its entry count does, the
+// weight kept matches what it holds, and an answer too big for it is not
+// kept.
+func TestCacheBoundedInBytes(t *testing.T) {
+	c := newCache(10000, time.Hour)
+	c.maxBytes = 64 << 10
+	now := time.Unix(0, 0)
+	big := func(name string, records int) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeTXT)
+		for i := range records {
+			m.Answer = append(m.Answer, rr(t, fmt.Sprintf("%s 60 IN TXT \"%0200d\"", name, i)))
+		}
+		return m
+	}
+	for i := range 100 {
+		m := big(fmt.Sprintf("n%d.example.", i), 2) // about 450 bytes packed
+		c.put(keyOf(m.Question[0], false, false), m, now)
+		if c.bytes > c.maxBytes {
+			t.Fatalf("after %d answers the cache weighs %d, bound %d", i+1, c.bytes, c.maxBytes)
+		}
+	}
+	if n := c.len(); n == 0 || n >= 100 {
+		t.Errorf("cache of %d bytes holds %d answers of about 2 KiB weight, want some but not all", c.maxBytes, n)
+	}
+	sum := 0
+	for el := c.ll.Front(); el != nil; el = el.Next() {
+		sum += el.Value.(*cacheEntry).weight
+	}
+	if sum != c.bytes {
+		t.Errorf("entries weigh %d, the cache counts %d", sum, c.bytes)
+	}
+	huge := big("huge.example.", 40) // over a sixteenth of the cache
+	c.put(keyOf(huge.Question[0], false, false), huge, now)
+	if _, _, ok := c.get(keyOf(huge.Question[0], false, false), now, false); ok {
+		t.Error("an answer of over a sixteenth of the cache was kept")
 	}
 }
 

@@ -45,6 +45,13 @@ const (
 	limitGlobal = "global"
 	limitClient = "client"
 	limitShare  = "share"
+	// limitBusy is not a forwarding limit: the UDP queries served outside
+	// the fast path at once are bounded (slowpath.go), and one over the
+	// bound is answered REFUSED by the reader.
+	limitBusy = "busy"
+	// limitWaiters: maxFlightWaiters identical questions already wait
+	// for one upstream query (flight.go).
+	limitWaiters = "waiters"
 )
 
 // fairKey is one client of the forwarder: a source address and the domain

@@ -75,7 +75,7 @@ func newMetrics() *metrics {
 		}),
 		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bridge_agent_dns_forward_rejections_total",
-			Help: "Questions not sent upstream because a forwarding limit was reached (answered stale when cached, else REFUSED), by limit: global, client (a source address and domain), share (the client's fair share).",
+			Help: "Questions not sent upstream because a forwarding limit was reached (answered stale when cached, else REFUSED), by limit: global, client (a source address and domain), share (the client's fair share), waiters (as many identical questions already wait for one upstream query); busy counts UDP queries refused because as many as the stub serves at once outside its fast path were in progress.",
 		}, []string{"limit"}),
 		coalesced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bridge_agent_dns_forward_coalesced_total",

@@ -59,6 +59,7 @@ type Server struct {
 	forwards *forwardLimiter // upstream questions in flight, per client
 	flights  *flights        // identical questions share one upstream query
 	loops    *loopGuard      // questions that looped, per upstream
+	slow     slowGate        // UDP queries served outside the fast path
 
 	cmu      sync.Mutex // guards the map below
 	inflight map[inflightKey]string
@@ -91,6 +92,7 @@ func New(o Options) (*Server, error) {
 		forwards:  newForwardLimiter(o.MaxForwards, o.MaxPerClient),
 		flights:   newFlights(),
 		loops:     newLoopGuard(),
+		slow:      make(slowGate, maxSlowQueries),
 		inflight:  map[inflightKey]string{},
 	}
 	for _, n := range o.NamespaceDomains {

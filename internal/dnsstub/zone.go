@@ -191,7 +191,7 @@ func newZone(snap *cluster.Snapshot, domain string, ttl uint32) *zone {
 		ptr:        newShardedMap[netip.Addr, []string](hashAddr),
 		records:    fixedRecords,
 		names:      fixedNames,
-		replies:    newReplyCache(replyCacheGeneration),
+		replies:    newReplyCache(replyCacheGeneration, replyCacheGenerationBytes),
 	}
 }
 

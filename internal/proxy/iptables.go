@@ -30,6 +30,9 @@ const (
 
 	svcChainPrefix = ChainPrefix + "SVC-"
 	sepChainPrefix = ChainPrefix + "SEP-"
+	// cntChainPrefix names the connection counter of a Service port
+	// (iptables_counters.go).
+	cntChainPrefix = ChainPrefix + "CNT-"
 )
 
 // DefaultMasqueradeMark is the packet mark bit that asks BRIDGE-POSTROUTING to
@@ -188,6 +191,9 @@ type portPlan struct {
 	svcHash [hashLen]byte
 	// sep indexes the hash of eps[0]'s chain in iptRenderer.hashes.
 	sep int
+	// cntExists marks a port whose counter chain the tables hold already:
+	// it is neither declared nor written, which keeps its count.
+	cntExists bool
 	// unchanged marks, in a partial render, a port of a Service whose
 	// pointer is the same as in RenderInput.Previous: only its capture in
 	// BRIDGE-SERVICES is written, and its endpoint hashes are not computed.
@@ -209,7 +215,8 @@ func (pp *portPlan) size(ips int, family Family) int {
 	}
 	perPort := 37 + // declaration
 		ips*(160+name+addr) + // capture in BRIDGE-SERVICES
-		86 + name // masquerade mark
+		86 + name + // masquerade mark
+		60 // jump to the counter
 	perEndpoint := 37 + // declaration
 		144 + name + addr + // spread
 		83 + name + addr + // hairpin
@@ -257,15 +264,17 @@ func (r *iptRenderer) plan() {
 		existing, index = ownChains(r.in.ExistingNATChains)
 	}
 	kept := make([]bool, len(existing))
-	keep := func(prefix string, h *[hashLen]byte) {
+	keep := func(prefix string, h *[hashLen]byte) bool {
 		if len(index) == 0 {
-			return
+			return false
 		}
 		name := append(append(r.hashBuf[:0], prefix...), h[:]...)
 		r.hashBuf = name
-		if i, ok := index[string(name)]; ok {
+		i, ok := index[string(name)]
+		if ok {
 			kept[i] = true
 		}
+		return ok
 	}
 
 	r.natSize = 4096
@@ -293,6 +302,13 @@ func (r *iptRenderer) plan() {
 				sep:       len(r.hashes),
 				unchanged: unchanged,
 			}
+			pp.svcHash = r.hash(pp.name, proto, netip.AddrPort{})
+			if !unchanged {
+				pp.cntExists = keep(cntChainPrefix, &pp.svcHash)
+			}
+			r.stats.NATChains++ // its counter
+			r.stats.NATRules++
+			r.natSize += 2*len(cntChainPrefix+"0123456789abcdef") + len(pp.name) + 64
 			if len(pp.eps) == 0 {
 				r.stats.NoEndpoints++
 				r.plans = append(r.plans, pp)
@@ -304,7 +320,6 @@ func (r *iptRenderer) plan() {
 			if sel.Zonal {
 				r.stats.Zonal++
 			}
-			pp.svcHash = r.hash(pp.name, proto, netip.AddrPort{})
 			if !unchanged {
 				keep(svcChainPrefix, &pp.svcHash)
 				for _, ep := range pp.eps {
@@ -374,14 +389,14 @@ func (r *iptRenderer) previousChains() []string {
 			if proto == "" {
 				continue
 			}
-			eps := SelectEndpoints(svc, port, r.in.Family, r.in.Zone).Endpoints
-			if len(eps) == 0 {
-				continue
-			}
 			name := servicePortName(key, port.Name)
 			h := r.hash(name, proto, netip.AddrPort{})
+			out = append(out, cntChainPrefix+string(h[:]))
+			if len(SelectEndpoints(svc, port, r.in.Family, r.in.Zone).Endpoints) == 0 {
+				continue
+			}
 			out = append(out, svcChainPrefix+string(h[:]))
-			for _, ep := range eps {
+			for _, ep := range SelectEndpoints(svc, port, r.in.Family, r.in.Zone).Endpoints {
 				h := r.hash(name, proto, ep.AddrPort())
 				out = append(out, sepChainPrefix+string(h[:]))
 			}
@@ -399,7 +414,7 @@ func ownChains(names []string) ([]string, map[string]int) {
 	var own []string
 	var index map[string]int
 	for _, c := range names {
-		if !strings.HasPrefix(c, svcChainPrefix) && !strings.HasPrefix(c, sepChainPrefix) {
+		if !strings.HasPrefix(c, svcChainPrefix) && !strings.HasPrefix(c, sepChainPrefix) && !strings.HasPrefix(c, cntChainPrefix) {
 			continue
 		}
 		if index == nil {
@@ -423,6 +438,7 @@ func (r *iptRenderer) writeNAT() []byte {
 	for _, c := range fixed {
 		w.declare(c, nil)
 	}
+	r.declareCounters(w)
 	for i := range r.plans {
 		pp := &r.plans[i]
 		if len(pp.eps) == 0 || pp.unchanged {
@@ -444,6 +460,7 @@ func (r *iptRenderer) writeNAT() []byte {
 		}
 	}
 	r.stats.NATRules += len(fixedNATRules)
+	r.writeCounters(w)
 	for i := range r.plans {
 		if len(r.plans[i].eps) > 0 {
 			r.writeServicePort(w, &r.plans[i])
@@ -496,7 +513,7 @@ func (r *iptRenderer) writeServicePort(w *writer, pp *portPlan) {
 		r.writeCaptures(w, pp)
 		// Its chains stay as written before: count their rules as the
 		// full render does below.
-		rules := w.rules - before + 3*n
+		rules := w.rules - before + 3*n + 1 // + the jump to its counter
 		if r.in.Masquerade {
 			rules++
 		}
@@ -510,6 +527,11 @@ func (r *iptRenderer) writeServicePort(w *writer, pp *portPlan) {
 	hashes := r.hashes[pp.sep : pp.sep+n]
 
 	r.writeCaptures(w, pp)
+	// -A BRIDGE-SVC-X -j BRIDGE-CNT-X
+	w.rule(svcChainPrefix, &pp.svcHash)
+	w.str(" -j ")
+	w.chain(cntChainPrefix, &pp.svcHash)
+	w.nl()
 	if r.in.Masquerade {
 		// -A BRIDGE-SVC-X -m comment --comment "NAME cluster IP" -j BRIDGE-MARK-MASQ
 		w.rule(svcChainPrefix, &pp.svcHash)

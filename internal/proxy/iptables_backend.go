@@ -316,13 +316,19 @@ type ProxyStatus struct {
 	// ModeReason says why proxy.mode auto chose Backend (ChooseBackend:
 	// when not nftables, the probe's error); empty for an explicit mode.
 	ModeReason string `json:"modeReason,omitempty"`
+	// Connections are the connections this host opened to each Service
+	// port, from the kernel's counters (counters.go); ConnectionsError
+	// says why they could not be read.
+	Connections      []ServicePortCounter `json:"connections,omitempty"`
+	ConnectionsError string               `json:"connectionsError,omitempty"`
 }
 
 // Status implements daemon.StatusReporter.
 func (p *IPTables) Status() any {
+	st := ProxyStatus{Mode: "iptables", Backend: "iptables", Variant: p.opts.Variant, Families: map[string]FamilyStatus{}}
+	st.connections(p.ServiceCounters)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := ProxyStatus{Mode: "iptables", Backend: "iptables", Variant: p.opts.Variant, Families: map[string]FamilyStatus{}}
 	for fam, s := range p.stats {
 		st.Families[fam.String()] = FamilyStatus{
 			Services: s.Services, ServicePorts: s.ServicePorts, Endpoints: s.Endpoints, NoEndpoints: s.NoEndpoints,

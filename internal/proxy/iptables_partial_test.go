@@ -104,7 +104,10 @@ func TestRenderIPTablesPartialInline(t *testing.T) {
 	sep3 := chainOf(sepChainPrefix, "ns/b:http", "tcp", "10.244.0.3:80")
 	svcD := chainOf(svcChainPrefix, "ns/d:dns", "udp", "")
 	sepD := chainOf(sepChainPrefix, "ns/d:dns", "udp", "10.244.0.4:53")
-	stale := []string{sep2, svcD, sepD}
+	cntD := chainOf(cntChainPrefix, "ns/d:dns", "udp", "")
+	// b's counter stays as it is (not declared: its count goes on); d's
+	// goes with d.
+	stale := []string{sep2, svcD, sepD, cntD}
 	slices.Sort(stale)
 	want := dedent(`
 		*nat
@@ -114,8 +117,10 @@ func TestRenderIPTablesPartialInline(t *testing.T) {
 		:` + stale[0] + ` - [0:0]
 		:` + stale[1] + ` - [0:0]
 		:` + stale[2] + ` - [0:0]
+		:` + stale[3] + ` - [0:0]
 		-A BRIDGE-SERVICES -d 172.30.0.1/32 -p tcp -m comment --comment "ns/a:http cluster IP" -m tcp --dport 80 -j ` + chainOf(svcChainPrefix, "ns/a:http", "tcp", "") + `
 		-A BRIDGE-SERVICES -d 172.30.0.2/32 -p tcp -m comment --comment "ns/b:http cluster IP" -m tcp --dport 80 -j ` + svcB + `
+		-A ` + svcB + ` -j ` + chainOf(cntChainPrefix, "ns/b:http", "tcp", "") + `
 		-A ` + svcB + ` -m comment --comment "ns/b:http cluster IP" -j BRIDGE-MARK-MASQ
 		-A ` + svcB + ` -m comment --comment "ns/b:http -> 10.244.0.3:80" -j ` + sep3 + `
 		-A ` + sep3 + ` -s 10.244.0.3/32 -m comment --comment "ns/b:http" -j BRIDGE-MARK-MASQ
@@ -123,6 +128,7 @@ func TestRenderIPTablesPartialInline(t *testing.T) {
 		-X ` + stale[0] + `
 		-X ` + stale[1] + `
 		-X ` + stale[2] + `
+		-X ` + stale[3] + `
 		COMMIT
 		*filter
 		:BRIDGE-SERVICES - [0:0]

@@ -45,7 +45,9 @@ func newProxyMetrics() *proxyMetrics {
 }
 
 // Collectors implements daemon.MetricsProvider.
-func (p *IPTables) Collectors() []prometheus.Collector { return p.metrics.collectors() }
+func (p *IPTables) Collectors() []prometheus.Collector {
+	return append(p.metrics.collectors(), newCounterCollector(p.ServiceCounters, p.log))
+}
 
 func (m *proxyMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.rules, m.noEndpoints, m.writes, m.repairs, m.programming}

@@ -25,6 +25,9 @@ var _ nftRunner = (*fakeNFT)(nil)
 type fakeNFTTable struct {
 	chains map[string]*fakeNFTChain
 	sets   map[string]*fakeNFTSet
+	// counters holds the named counters' packets; a test sets them to
+	// stand for traffic.
+	counters map[string]uint64
 }
 
 type fakeNFTChain struct {
@@ -43,7 +46,7 @@ func newFakeNFT() *fakeNFT { return &fakeNFT{tables: map[string]*fakeNFTTable{}}
 func (f *fakeNFT) clone() map[string]*fakeNFTTable {
 	out := map[string]*fakeNFTTable{}
 	for name, t := range f.tables {
-		c := &fakeNFTTable{chains: map[string]*fakeNFTChain{}, sets: map[string]*fakeNFTSet{}}
+		c := &fakeNFTTable{chains: map[string]*fakeNFTChain{}, sets: map[string]*fakeNFTSet{}, counters: maps.Clone(t.counters)}
 		for n, ch := range t.chains {
 			c.chains[n] = &fakeNFTChain{base: ch.base, rules: slices.Clone(ch.rules)}
 		}
@@ -95,7 +98,7 @@ func fakeApply(tables map[string]*fakeNFTTable, line string) error {
 		switch verb {
 		case "add":
 			if tables[tname] == nil {
-				tables[tname] = &fakeNFTTable{chains: map[string]*fakeNFTChain{}, sets: map[string]*fakeNFTSet{}}
+				tables[tname] = &fakeNFTTable{chains: map[string]*fakeNFTChain{}, sets: map[string]*fakeNFTSet{}, counters: map[string]uint64{}}
 			}
 		case "delete":
 			if tables[tname] == nil {
@@ -185,6 +188,22 @@ func fakeApply(tables map[string]*fakeNFTTable, line string) error {
 			}
 		}
 		c.rules = append(c.rules, rest)
+	case "add counter":
+		if _, ok := t.counters[name]; !ok {
+			t.counters[name] = 0 // adding one that exists keeps its value
+		}
+	case "delete counter":
+		if _, ok := t.counters[name]; !ok {
+			return fmt.Errorf("no counter %s", name)
+		}
+		for sn, s := range t.sets {
+			for _, e := range s.elements {
+				if s.isCounterMap() && e.Value == name {
+					return fmt.Errorf("counter %s is busy: used by an element of %s", name, sn)
+				}
+			}
+		}
+		delete(t.counters, name)
 	case "add map", "add set":
 		decl, err := braced(rest)
 		if err != nil {
@@ -244,6 +263,9 @@ func fakeApply(tables map[string]*fakeNFTTable, line string) error {
 				delete(s.elements, e.Key)
 				continue
 			}
+			if _, ok := t.counters[e.Value]; s.isCounterMap() && !ok {
+				return fmt.Errorf("element refers to missing counter %s", e.Value)
+			}
 			if target, ok := strings.CutPrefix(e.Value, "goto "); ok && t.chains[target] == nil {
 				return fmt.Errorf("element refers to missing chain %s", target)
 			}
@@ -257,6 +279,9 @@ func fakeApply(tables map[string]*fakeNFTTable, line string) error {
 	}
 	return nil
 }
+
+// isCounterMap tells whether s maps keys to named counters.
+func (s *fakeNFTSet) isCounterMap() bool { return s.isMap && strings.HasSuffix(s.decl, ": counter;") }
 
 // ruleChainRefs returns the chains a rule jumps or goes to.
 func ruleChainRefs(rule string) []string {
@@ -283,6 +308,9 @@ func (f *fakeNFT) dump(tname string) string {
 		for _, r := range c.rules {
 			fmt.Fprintf(&b, "\t%s\n", r)
 		}
+	}
+	for _, n := range slices.Sorted(maps.Keys(t.counters)) {
+		fmt.Fprintf(&b, "counter %s\n", n)
 	}
 	for _, n := range slices.Sorted(maps.Keys(t.sets)) {
 		s := t.sets[n]

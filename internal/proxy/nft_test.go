@@ -45,13 +45,14 @@ func TestRenderNFTablesStats(t *testing.T) {
 		// pick-1-tcp, pick-2-tcp, pick-2-udp, pick-3-tcp,
 		// endpoint-0..2-tcp, endpoint-0..1-udp, endpoint-0-sctp,
 		// affinity-2-2-10800-tcp, affinity-slot-0..1-tcp and
-		// affinity-t10800-0..1-tcp. Rules: 7 in the base chains and
-		// services, 2 in each pick and endpoint chain but one, 4 in the
-		// affinity chain, 1 in each affinity-slot, 2 in each
-		// affinity-t10800 chain.
+		// affinity-t10800-0..1-tcp, count-services. Rules: 9 in the base
+		// chains, services (2) and count-services, 2 in each pick and
+		// endpoint chain but one, 4 in the affinity chain, 1 in each
+		// affinity-slot, 2 in each affinity-t10800 chain.
 		// 11 service-ips, 19 endpoints, 2 affinity-held, 2
-		// affinity-slots, 3 no-endpoints, 16 hairpin.
-		Chains: 23, Rules: 34, NATRules: 32, FilterRules: 2, Elements: 11 + 19 + 2 + 2 + 3 + 16,
+		// affinity-slots, 3 no-endpoints, 16 hairpin, 14
+		// service-counters (one per Service port).
+		Chains: 24, Rules: 36, NATRules: 34, FilterRules: 2, Elements: 11 + 19 + 2 + 2 + 3 + 16 + 14,
 		LocalPolicyIgnored: []cluster.ServiceKey{{Namespace: "ns4", Name: "local"}},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
@@ -66,7 +67,7 @@ func TestRenderNFTablesFixedChains(t *testing.T) {
 	for _, n := range []int{1, 100, 5000} {
 		_, stats := renderNFT(t, NFTRenderInput{Snapshot: syntheticSnapshot(n, 10), Family: IPv4, Masquerade: true})
 		chains = append(chains, stats.Chains)
-		if stats.Elements != n+10*n+10*n {
+		if stats.Elements != n+10*n+10*n+n { // service-ips, endpoints, hairpin, service-counters
 			t.Errorf("%d services: %d elements", n, stats.Elements)
 		}
 	}

@@ -290,6 +290,28 @@ func (tr *nftTracer) rule(toks []string, p packet, st nftOutcome) ([]nftOutcome,
 			return nil, fmt.Errorf("mark operator %s", toks[5])
 		}
 		return tr.rule(toks[7:], p, st)
+	case len(toks) >= 2 && toks[0] == "counter" && toks[1] == "name":
+		// counter name KEY map @counters: counts, and a key without a
+		// counter ends the rule, as in the kernel.
+		vals, n, err := tr.concat(toks[2:], p)
+		if err != nil {
+			return nil, err
+		}
+		rest := toks[2+n:]
+		if len(vals) != 1 || len(rest) < 2 || rest[0] != "map" || !strings.HasPrefix(rest[1], "@") {
+			return nil, fmt.Errorf("bad counter %q", toks)
+		}
+		name, ok, err := tr.element(rest[1][1:], vals[0].s)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return fail()
+		}
+		if _, ok := tr.t.counters[name]; !ok {
+			return nil, fmt.Errorf("counter %s missing", name)
+		}
+		return tr.rule(rest[2:], p, st)
 	case toks[0] == "update":
 		// update @set { KEY timeout Ns }
 		if len(toks) < 4 || !strings.HasPrefix(toks[1], "@") || toks[2] != "{" {

@@ -68,6 +68,11 @@ type NFTRuleset struct {
 	Chains []NFTChain
 	// Sets holds the sets and maps, in a fixed order.
 	Sets []NFTSet
+	// Counters names the connection counters in the table, for a previous
+	// ruleset given to nftFullScript whose Sets hold no elements; a rendered
+	// ruleset has them as the values of its service-counters elements
+	// (nftables_counters.go).
+	Counters []string
 }
 
 // NFTChain is one chain. Base is the hook declaration of a base chain
@@ -333,6 +338,13 @@ func nftFullScript(rs, prev *NFTRuleset, recreate bool) (script []byte, commands
 		s.cmd("delete", "table", "", "")
 	}
 	s.declareAndFlush(rs)
+	var counters []NFTElement
+	for i := range rs.Sets {
+		if rs.Sets[i].Name == nftServiceCounters {
+			counters = rs.Sets[i].Elements
+		}
+	}
+	s.addCounters(counters)
 	for i := range rs.Chains {
 		s.rules(&rs.Chains[i])
 	}
@@ -364,6 +376,21 @@ func nftFullScript(rs, prev *NFTRuleset, recreate bool) (script []byte, commands
 		}
 		for i := range staleSets {
 			s.cmd("delete", setKind(&staleSets[i]), staleSets[i].Name, "")
+		}
+		next := make([]string, len(counters))
+		for i, e := range counters {
+			next[i] = e.Value
+		}
+		old := slices.Clone(prev.Counters)
+		for i := range prev.Sets {
+			if prev.Sets[i].Name == nftServiceCounters {
+				for _, e := range prev.Sets[i].Elements {
+					old = append(old, e.Value)
+				}
+			}
+		}
+		for _, c := range staleCounters(old, next) {
+			s.cmd("delete", "counter", c, "")
 		}
 	}
 	return s.b.Bytes(), s.commands
@@ -460,6 +487,7 @@ func nftChangeScript(fam Family, prevChains, nextChains []NFTChain, prevSets, ne
 		set := &newSets[i]
 		s.cmd("add", setKind(set), set.Name, "{ "+set.Decl+" }")
 	}
+	s.addCounters(add[nftServiceCounters])
 	// Removed and changed elements go first: they may point to chains that
 	// are deleted below (and a verdict map is deleted empty).
 	for i := range all {
@@ -486,6 +514,7 @@ func nftChangeScript(fam Family, prevChains, nextChains []NFTChain, prevSets, ne
 	for i := range goneSets {
 		s.cmd("delete", setKind(&goneSets[i]), goneSets[i].Name, "")
 	}
+	s.deleteCounters(del[nftServiceCounters], add[nftServiceCounters])
 	if s.commands == 0 {
 		return nil, 0
 	}

@@ -58,8 +58,12 @@ type NFTables struct {
 
 	nftMetrics *nftMetrics
 
-	mu      sync.Mutex // guards stats, written and peakRSS, read by Status concurrently with Sync
-	stats   map[Family]NFTRenderStats
+	mu    sync.Mutex // guards stats, written, peakRSS and counted, read by Status concurrently with Sync
+	stats map[Family]NFTRenderStats
+	// counted is the model of each family's last write, whose
+	// service-counters elements name the counters (ServiceCounters);
+	// patched under mu.
+	counted map[Family]*nftModel
 	written map[Family]time.Time
 	peakRSS map[Family]int64
 	warned  map[cluster.ServiceKey]bool
@@ -127,6 +131,7 @@ func newNFTables(o NFTablesOptions, x nftRunner, ct conntrackCleaner) *NFTables 
 		stats:      map[Family]NFTRenderStats{},
 		written:    map[Family]time.Time{},
 		warned:     map[cluster.ServiceKey]bool{},
+		counted:    map[Family]*nftModel{},
 	}
 }
 
@@ -136,7 +141,7 @@ func (p *NFTables) Name() string { return "proxy" }
 // Collectors implements daemon.MetricsProvider, with the iptables backend's
 // metric names.
 func (p *NFTables) Collectors() []prometheus.Collector {
-	return append(p.metrics.collectors(), p.nftMetrics.peakRSS)
+	return append(p.metrics.collectors(), p.nftMetrics.peakRSS, newCounterCollector(p.ServiceCounters, p.log))
 }
 
 // Sync implements daemon.Consumer. The first sync of a family (and the first
@@ -202,7 +207,8 @@ func (p *NFTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 			script, commands = nftFullScript(rs, nil, true)
 		} else {
 			kind = "full"
-			script, commands = nftFullScript(rs, &NFTRuleset{Chains: last.chains, Sets: last.sets}, false)
+			prev := &NFTRuleset{Chains: last.chains, Sets: last.sets, Counters: last.model.counterNames()}
+			script, commands = nftFullScript(rs, prev, false)
 			udpPrev, udpNext = udpServicePorts(last.snap, fam, p.opts.Zone), udpServicePorts(snap, fam, p.opts.Zone)
 		}
 	} else {
@@ -213,7 +219,9 @@ func (p *NFTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 		udpPrev = udpServicePorts(subSnapshot(last.snap, keys), fam, p.opts.Zone)
 		udpNext = udpServicePorts(subSnapshot(snap, keys), fam, p.opts.Zone)
 		m := last.model
+		p.mu.Lock() // ServiceCounters may be reading m
 		patch := m.patch(snap, keys)
+		p.mu.Unlock()
 		st.model, st.chains, st.sets, st.full = m, m.chains(), m.setDecls(), last.full
 		script, commands = nftChangeScript(fam, last.chains, st.chains, last.sets, st.sets, patch.del, patch.add)
 		stats = m.renderStats(false)
@@ -249,6 +257,7 @@ func (p *NFTables) syncFamily(ctx context.Context, snap *cluster.Snapshot, fam F
 	p.applied[fam] = st
 	p.mu.Lock()
 	p.stats[fam] = stats
+	p.counted[fam] = st.model
 	if script != nil {
 		p.written[fam] = now
 		if rss > 0 {
@@ -279,9 +288,10 @@ func subSnapshot(snap *cluster.Snapshot, keys []cluster.ServiceKey) *cluster.Sna
 
 // Status implements daemon.StatusReporter.
 func (p *NFTables) Status() any {
+	st := ProxyStatus{Mode: "nftables", Backend: "nftables", Families: map[string]FamilyStatus{}}
+	st.connections(p.ServiceCounters)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := ProxyStatus{Mode: "nftables", Backend: "nftables", Families: map[string]FamilyStatus{}}
 	for fam, s := range p.stats {
 		st.Families[fam.String()] = FamilyStatus{
 			Services: s.Services, ServicePorts: s.ServicePorts, Endpoints: s.Endpoints, NoEndpoints: s.NoEndpoints,

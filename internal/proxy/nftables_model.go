@@ -173,7 +173,7 @@ func (m *nftModel) fixed(addrType string) ([]NFTChain, []NFTSet) {
 		{Name: nftNoEndpoints, Decl: "type " + addrType + " . inet_proto . inet_service;"},
 		{Name: nftHairpin, Decl: "type " + addrType + " . " + addrType + ";"},
 	}
-	return chains, sets
+	return m.withCounters(chains, sets)
 }
 
 // indexSetDecl returns the declaration of a per-index map or set (see
@@ -259,6 +259,9 @@ func (m *nftModel) render(svc *cluster.Service, old *nftGroup) *nftGroup {
 		rendered = true
 		g.counts.ServicePorts++
 		name := servicePortName(svc.ServiceKey, port.Name)
+		for _, ip := range ips {
+			add(nftServiceCounters, counterElement(ip, proto, port.Port, name))
+		}
 		sel := SelectEndpoints(svc, port, m.fam, m.opts.Zone)
 		if len(sel.Endpoints) == 0 {
 			g.counts.NoEndpoints++
