@@ -241,7 +241,7 @@ type DNS struct {
 	// limited.
 	MaxConcurrentPerClient int `json:"maxConcurrentPerClient,omitempty"`
 	// MaxConcurrentForwards bounds the questions waiting on upstreams in
-	// all (default 1000), shared fairly among clients; over it a question
+	// all (default 256), shared fairly among clients; over it a question
 	// gets a stale cached answer or REFUSED at once. Identical questions in
 	// flight are sent once and count once.
 	MaxConcurrentForwards int `json:"maxConcurrentForwards,omitempty"`
@@ -294,7 +294,7 @@ func Default() *Config {
 			CacheSize:              10000,
 			ServeStale:             metav1.Duration{Duration: time.Hour},
 			MaxConcurrentPerClient: 100,
-			MaxConcurrentForwards:  1000,
+			MaxConcurrentForwards:  256,
 		},
 		Logging: Logging{Format: "text", Journal: "auto"},
 		Member:  defaultMember(),

@@ -19,7 +19,7 @@ const (
 	DefaultCacheSize    = 10000
 	DefaultServeStale   = time.Hour
 	DefaultMaxPerClient = 100
-	DefaultMaxForwards  = 1000
+	DefaultMaxForwards  = 256
 )
 
 // Options configure a Server. Zero values take the defaults above.

@@ -92,7 +92,7 @@ func New(o Options) (*Server, error) {
 		forwards:  newForwardLimiter(o.MaxForwards, o.MaxPerClient),
 		flights:   newFlights(),
 		loops:     newLoopGuard(),
-		slow:      make(slowGate, maxSlowQueries),
+		slow:      make(slowGate, o.MaxForwards),
 		inflight:  map[inflightKey]string{},
 	}
 	for _, n := range o.NamespaceDomains {

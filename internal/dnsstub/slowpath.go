@@ -10,7 +10,7 @@ import (
 
 // The UDP slow path, bounded. A UDP query the fast path does not answer
 // (fastpath.go) is served in a goroutine of its own, as dns.Server would,
-// but at most maxSlowQueries at once: each one waiting on an upstream holds
+// but at most Options.MaxForwards at once: each one waiting on an upstream holds
 // a goroutine, its query and its reply until its budget ends, and a
 // process firing questions faster than upstreams answer (the same question
 // again and again joins one flight and takes no forwarding slot) would
@@ -19,17 +19,17 @@ import (
 // forwarding limit (limiter.go): the client's resolver moves on to its
 // next server. Zone answers from the fast path never count against it.
 
-// maxSlowQueries bounds the UDP queries served outside the fast path at
-// once. One waiting on an upstream holds some 16 KiB (its goroutine's
-// stack, the query and reply, the upstream socket's buffer and the
-// bookkeeping of the flight), twice that counting the garbage collector's
-// headroom: 256 of them stay within 8 MiB, and at 10 ms an upstream
-// question they forward 25,000 cache misses a second. Every other slow-path query (a
-// reverse name, an ExternalName of the zone) is answered in microseconds,
-// and identical questions waiting for one flight are capped
-// (maxFlightWaiters), so that one question asked in a loop cannot take
-// every place.
-const maxSlowQueries = 256
+// The bound is the forwarding limit (Options.MaxForwards, default 256):
+// the forwarded questions in flight over UDP are slow-path queries, so one
+// number bounds both. One waiting on an upstream holds some 16 KiB (its
+// goroutine's stack, the query and reply, the upstream socket's buffer and
+// the bookkeeping of the flight), twice that counting the garbage
+// collector's headroom: 256 of them stay within 8 MiB, and at 10 ms an
+// upstream question they forward 25,000 cache misses a second. Every other
+// slow-path query (a reverse name, an ExternalName of the zone) is answered
+// in microseconds, and identical questions waiting for one flight are
+// capped (maxFlightWaiters), so that one question asked in a loop cannot
+// take every place.
 
 // slowGate counts the slow-path queries in progress.
 type slowGate chan struct{}
