@@ -155,12 +155,13 @@ func (s *SharedNodes) setTable(obj any) {
 	s.mu.Lock()
 	prevHolder := s.holder
 	switch {
-	case cm == nil:
-		s.table, s.tableNodes, s.tableErr = nil, nil, "the node route table is absent"
+	case cm == nil || cm.Data[NodeTableKey] == "":
+		// Absent, or created empty (deploy/node-routes-writer.yaml).
+		s.table, s.tableNodes, s.tableErr = nil, nil, ""
 	default:
 		t, nodes, err := decodeNodeTable(cm.Data[NodeTableKey])
 		if err != nil {
-			s.table, s.tableNodes, s.tableErr = nil, nil, err.Error()
+			s.table, s.tableNodes, s.tableErr = nil, nil, fmt.Sprintf("configmap %s/%s: %v", cm.Namespace, cm.Name, err)
 		} else {
 			s.table, s.tableNodes, s.tableErr = t, nodes, ""
 		}
@@ -271,8 +272,10 @@ func (s *SharedNodes) readLease(ctx context.Context) {
 // freshLocked reports whether the table may be used, and why not.
 func (s *SharedNodes) freshLocked(now time.Time) (bool, string) {
 	switch {
-	case s.table == nil:
+	case s.table == nil && s.tableErr != "":
 		return false, s.tableErr
+	case s.table == nil:
+		return false, "the node route table is absent"
 	case s.leaseErr != "":
 		return false, "cannot read the publisher's lease: " + s.leaseErr
 	case s.holder == "":

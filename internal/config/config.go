@@ -209,6 +209,9 @@ func (n NodeRoutes) WithDefaults() NodeRoutes {
 	if n.Name == "" {
 		n.Name = d.Name
 	}
+	if n.LeaseDuration.Duration == 0 {
+		n.LeaseDuration = d.LeaseDuration
+	}
 	return n
 }
 
@@ -233,6 +236,11 @@ type NodeRoutes struct {
 	// the write access of deploy/node-routes-writer.yaml; a few agents
 	// (two or three, for failover) are enough.
 	Publish bool `json:"publish,omitempty"`
+	// LeaseDuration is how long the publisher's Lease lasts without a
+	// renewal (default 60s; it renews every quarter of that). Readers read
+	// the Lease as often and fall back to watching Nodes once it went two
+	// periods without a renewal, or at once when it is released.
+	LeaseDuration metav1.Duration `json:"leaseDuration,omitzero"`
 }
 
 // PrefixLengths is a prefix length per family.
@@ -337,6 +345,8 @@ func Default() *Config {
 				Source:    NodeRoutesShared,
 				Namespace: "bridge-agent",
 				Name:      "bridge-agent-node-routes",
+
+				LeaseDuration: metav1.Duration{Duration: time.Minute},
 			},
 		},
 		DNS: DNS{
@@ -767,6 +777,9 @@ func (c *Config) validateRoutes(bad func(field string, value any, reason string)
 	}
 	if errs := validation.IsDNS1123Subdomain(nr.Name); nr.Name != "" && len(errs) > 0 {
 		bad("routes.nodeRoutes.name", quote(nr.Name), "must be a ConfigMap and Lease name: "+strings.Join(errs, "; "))
+	}
+	if d := nr.LeaseDuration.Duration; d != 0 && (d < 4*time.Second || d > time.Hour) {
+		bad("routes.nodeRoutes.leaseDuration", nr.LeaseDuration.Duration.String(), "must be from 4s to 1h (default 1m)")
 	}
 	if nr.Publish && (r.Mode != RoutesNodes || nr.Source == NodeRoutesWatch) {
 		bad("routes.nodeRoutes.publish", true, "only used with routes.mode: nodes and routes.nodeRoutes.source: shared")

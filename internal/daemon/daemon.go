@@ -202,6 +202,8 @@ func watchOptions(cfg *config.Config, log *slog.Logger) cluster.WatchOptions {
 		Name:      nr.Name,
 		Publish:   nr.Publish,
 		Logger:    log.With("consumer", "nodes"),
+
+		LeaseDuration: nr.LeaseDuration.Duration,
 	}
 	return o
 }
