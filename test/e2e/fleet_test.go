@@ -118,6 +118,9 @@ func TestNodeRoutesTable(t *testing.T) {
 	if rst.NodeRoutes.Publisher == "" || rst.NodeRoutes.Generation == 0 {
 		t.Errorf("reader's view of the table: %+v", rst.NodeRoutes)
 	}
+	if out, err := r.Run(ctx, "status"); err != nil || !strings.Contains(string(out), "nodes from the shared node route table (generation") {
+		t.Errorf("status text does not say where the Nodes come from (%v):\n%s", err, out)
+	}
 	if m := metricsIn(ctx, t, tb.VMNetns, r); metricSum(m, `bridge_agent_node_source{source="table"}`) != 1 ||
 		metricSum(m, `bridge_agent_watched_objects{kind="Node"}`) != float64(len(tb.Nodes)) {
 		t.Errorf("reader metrics: node source / watched Nodes:\n%s", grepLines(m, "node_source", "watched_objects"))
