@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/bridge-agent/bridge-agent/deploy"
 	"github.com/bridge-agent/bridge-agent/internal/config"
@@ -71,7 +73,7 @@ func nodeTableAgent(t *testing.T, netns string, publish bool) *testbed.Agent {
 // follows a Node joining and leaving through the table, receives nothing
 // of the Nodes' heartbeats (the publisher receives them and neither
 // resyncs nor rewrites the table), and falls back to watching Nodes when
-// the publisher goes away.
+// the publisher dies.
 func TestNodeRoutesTable(t *testing.T) {
 	requireTestbed(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -194,16 +196,73 @@ func TestNodeRoutesTable(t *testing.T) {
 		t.Errorf("table generation %d after a join and a leave, was %d", rst.NodeRoutes.Generation, gen)
 	}
 
-	// The publisher stops (it releases the Lease): the reader watches
-	// Nodes again, and still follows them.
-	if err := p.Stop(); err != nil {
+	// The publisher dies without releasing its Lease: once the Lease went
+	// two periods without a renewal, the reader watches Nodes again, and
+	// still follows them.
+	if err := p.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	source(r, "nodes", "no agent holds")
+	source(r, "nodes", "has not been renewed")
 	joinLeave("(Nodes watched again)")
 	if !rtHas(rtOurs(ctx, t), want) {
 		t.Errorf("routes lost: %q", rtOurs(ctx, t))
 	}
+
+	// A hostile table, written with the Lease taken over: it leaves out
+	// the real Nodes and claims a huge range, a range someone else routes
+	// and this host's own subnet. The reader withdraws its own routes of
+	// the Nodes the table leaves out, installs none of the claims, and
+	// touches no route it did not make.
+	const foreign = "10.244.200.0/24"
+	rtIP(ctx, t, "-4", "route", "add", foreign, "via", tb.Nodes[0].IPv4, "proto", "static")
+	t.Cleanup(func() { rtIP(context.Background(), t, "-4", "route", "del", foreign, "proto", "static") })
+	lease, err := tb.Client.CoordinationV1().Leases(nr.Namespace).Get(ctx, nr.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease.Spec.HolderIdentity = ptr.To("intruder")
+	lease.Spec.RenewTime = &metav1.MicroTime{Time: time.Now()}
+	if _, err := tb.Client.CoordinationV1().Leases(nr.Namespace).Update(ctx, lease, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cm, err = tb.Client.CoreV1().ConfigMaps(nr.Namespace).Get(ctx, nr.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n0, n1 := tb.Nodes[0].IPv4, tb.Nodes[1].IPv4
+	cm.Data = map[string]string{"nodes.json": `{"format":1,"publisher":"intruder","generation":99,"nodes":[
+		{"name":"wide","podCIDRs":["0.0.0.0/1"],"internalIPs":["` + n0 + `"]},
+		{"name":"taken","podCIDRs":["` + foreign + `"],"internalIPs":["` + n1 + `"]},
+		{"name":"self","podCIDRs":["10.250.0.0/24"],"internalIPs":["` + n0 + `"]}]}`}
+	if _, err := tb.Client.CoreV1().ConfigMaps(nr.Namespace).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rst = source(r, "table", "")
+	if rst.NodeRoutes.Publisher != "intruder" {
+		t.Fatalf("reader did not take the hostile table: %+v", rst.NodeRoutes)
+	}
+	rtWait(t, 10*time.Second, "the routes of the Nodes the table leaves out withdrawn", func() bool {
+		ours := rtOurs(ctx, t)
+		for _, nd := range tb.Nodes {
+			if !rtHasNone(ours, nd) {
+				return false
+			}
+		}
+		return true
+	})
+	if ours := rtOurs(ctx, t); len(ours) != 0 {
+		t.Errorf("routes installed from the hostile table: %q", ours)
+	}
+	all := rtAll(ctx, t)
+	for _, w := range []string{foreign + " via " + n0 + " dev eth0 proto static", "10.250.0.0/24 dev eth0 proto kernel"} {
+		if !slices.ContainsFunc(all, func(l string) bool { return strings.HasPrefix(l, w) }) {
+			t.Errorf("route %q of someone else gone: %q", w, all)
+		}
+	}
+	// Nobody renews the intruder's Lease: the reader falls back to the
+	// Nodes and their routes come back.
+	source(r, "nodes", "has not been renewed")
+	rtWait(t, 10*time.Second, "routes back from the Nodes", func() bool { return rtHas(rtOurs(ctx, t), want) })
 }
 
 // TestGatewayModeWatchesNoNode: routes.mode gateway (and none) needs no
