@@ -79,8 +79,13 @@ func TestNodeRoutesTable(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	nr := config.Default().Routes.NodeRoutes
-	_ = tb.Client.CoreV1().ConfigMaps(nr.Namespace).Delete(ctx, nr.Name, metav1.DeleteOptions{})
-	_ = tb.Client.CoordinationV1().Leases(nr.Namespace).Delete(ctx, nr.Name, metav1.DeleteOptions{})
+	removeTable := func() {
+		_ = tb.Client.CoreV1().ConfigMaps(nr.Namespace).Delete(context.Background(), nr.Name, metav1.DeleteOptions{})
+		_ = tb.Client.CoordinationV1().Leases(nr.Namespace).Delete(context.Background(), nr.Name, metav1.DeleteOptions{})
+	}
+	// The agents of later tests must not find this test's tables.
+	removeTable()
+	t.Cleanup(removeTable)
 	rtIP(ctx, t, "-4", "route", "flush", "table", "all", "proto", "98")
 	rtIP(ctx, t, "-6", "route", "flush", "table", "all", "proto", "98")
 
