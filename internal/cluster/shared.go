@@ -187,22 +187,26 @@ func (s *SharedNodes) Run(ctx context.Context) {
 		wg.Go(func() { s.elect(ctx) })
 	}
 	var lastWrite time.Time
+	due := false // something changed that the table may need to follow
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
 		case <-s.poke:
+			due = true
 		case <-tick.C:
 		}
 		s.evaluate(ctx)
-		if s.o.Publish && time.Now().After(lastWrite) {
+		if s.o.Publish && due && time.Now().After(lastWrite) {
 			// At most one write a second; after a failure, one in ten.
 			switch wrote, err := s.publish(ctx); {
 			case err != nil:
 				lastWrite = time.Now().Add(10 * time.Second)
 			case wrote:
 				lastWrite = time.Now().Add(time.Second)
+			default:
+				due = false
 			}
 		}
 	}
@@ -315,6 +319,7 @@ func (s *SharedNodes) evaluate(ctx context.Context) {
 			}
 			s.t.ReplaceNodes(nodes, "Nodes (listed)")
 			s.direct.replaced, s.applied, s.synced = true, nil, true
+			s.wake() // a publisher may write now
 		}
 		return
 	}
