@@ -298,6 +298,9 @@ func TestGatewayModeWatchesNoNode(t *testing.T) {
 			t.Errorf("%s mode: the agent holds Nodes: status %d nodes, %+v;\n%s", mode, len(st.Snapshot.Nodes), st.NodeRoutes,
 				grepLines(m, "watched_objects", `kind="Node"`))
 		}
+		if out, err := a.Run(ctx, "status"); err != nil || !strings.Contains(string(out), "cluster pod ranges: not known in "+mode+" mode") {
+			t.Errorf("%s mode: status text (%v):\n%s", mode, err, out)
+		}
 		if !strings.Contains(a.Log(), "informers synced") {
 			t.Errorf("%s mode: not synced:\n%s", mode, a.Log())
 		}
