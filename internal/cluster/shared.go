@@ -71,6 +71,7 @@ type SharedNodes struct {
 	table      *nodeTable // the last valid table, nil when absent
 	tableNodes []*Node
 	tableErr   string
+	cmFailed   bool      // reading the table failed at least once
 	holder     string    // the Lease's holder when last read
 	leaseRV    string    // its resource version then
 	leaseSeen  time.Time // when a renewal was last seen (local clock)
@@ -121,10 +122,8 @@ func NewSharedNodes(client kubernetes.Interface, t *Tracker, o SharedNodesOption
 			lo.FieldSelector = fields.OneTermEqualSelector("metadata.name", o.Name).String()
 		}))
 	inf := s.cmF.Core().V1().ConfigMaps().Informer()
-	if watchErr != nil {
-		if err := inf.SetWatchErrorHandlerWithContext(watchErr); err != nil {
-			return nil, fmt.Errorf("shared node routes: set error handler: %w", err)
-		}
+	if err := inf.SetWatchErrorHandlerWithContext(s.tableWatchError); err != nil {
+		return nil, fmt.Errorf("shared node routes: set error handler: %w", err)
 	}
 	reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { s.setTable(obj) },
@@ -145,6 +144,28 @@ func (s *SharedNodes) wake() {
 	select {
 	case s.poke <- struct{}{}:
 	default:
+	}
+}
+
+// tableWatchError notes that the table cannot be read (an older
+// deploy/rbac.yaml without the reader Role, an API server down), so that
+// the agent watches Nodes at once instead of waiting; the reflector
+// retries by itself.
+func (s *SharedNodes) tableWatchError(ctx context.Context, r *cache.Reflector, err error) {
+	msg := fmt.Sprintf("cannot read configmap %s/%s: %v", s.o.Namespace, s.o.Name, err)
+	s.mu.Lock()
+	first := !s.cmFailed
+	s.cmFailed = true
+	if s.table == nil {
+		s.tableErr = msg
+	}
+	s.mu.Unlock()
+	if first && apierrors.IsForbidden(err) {
+		s.log.Warn("node routes: cannot read the shared node route table; watching Nodes instead (apply this version's deploy/rbac.yaml)", "err", err)
+	}
+	s.wake()
+	if !apierrors.IsForbidden(err) && s.watchErr != nil {
+		s.watchErr(ctx, r, err)
 	}
 }
 
@@ -296,7 +317,7 @@ func (s *SharedNodes) freshLocked(now time.Time) (bool, string) {
 func (s *SharedNodes) evaluate(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	decided := s.cmSynced() && s.leaseRead
+	decided := (s.cmSynced() || s.cmFailed) && s.leaseRead
 	if !decided && time.Since(s.started) < 10*time.Second {
 		return
 	}

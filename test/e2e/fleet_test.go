@@ -321,3 +321,47 @@ func grepLines(text string, subs ...string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestNodeRoutesWithoutTableAccess: an agent whose identity may not read
+// the node route table (RBAC of an older release) watches Nodes at once,
+// says why, and routes as ever.
+func TestNodeRoutesWithoutTableAccess(t *testing.T) {
+	requireTestbed(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const ns, name = "bridge-agent", "bridge-agent-node-routes-reader"
+	rbs := tb.Client.RbacV1().RoleBindings(ns)
+	rb, err := rbs.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("deploy/rbac.yaml's binding: %v", err)
+	}
+	if err := rbs.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		rb.ResourceVersion = ""
+		if _, err := rbs.Create(context.Background(), rb, metav1.CreateOptions{}); err != nil {
+			t.Errorf("restore the reader binding: %v", err)
+		}
+	})
+	rtIP(ctx, t, "-4", "route", "flush", "table", "all", "proto", "98")
+	begin := time.Now()
+	a := nodeTableAgent(t, "", false)
+	st, err := a.WaitStatus(ctx, 20*time.Second, func(st *daemon.Status) bool {
+		return st.Ready && st.NodeRoutes != nil && st.NodeRoutes.Source == "nodes"
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The reason names the refusal: the agent fell back on the error, not
+	// on the timeout it keeps for a table it cannot tell about.
+	if !strings.Contains(st.NodeRoutes.Reason, "forbidden") {
+		t.Errorf("node source reason %q, want the refusal named", st.NodeRoutes.Reason)
+	}
+	t.Logf("ready %s after the start", time.Since(begin).Round(time.Millisecond))
+	var want []string
+	for _, nd := range tb.Nodes {
+		want = append(want, rtNodeRoutes(nd)...)
+	}
+	rtWait(t, 10*time.Second, "routes to every node's pods", func() bool { return rtHas(rtOurs(ctx, t), want) })
+}
