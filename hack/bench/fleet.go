@@ -44,6 +44,7 @@ type fleetOpts struct {
 	phase      time.Duration // length of each measured phase
 	sliceRate  float64       // EndpointSlice changes per second
 	fleetHosts int           // hosts the extrapolation is for
+	sim        int           // simulated agents (informers only) on one more host
 }
 
 // fleetHost is one host of the section: an agent in one routes mode, or
@@ -91,7 +92,15 @@ type fleetRun struct {
 	TableBytes  int
 	TableSource string
 	Err         string
+	// The simulated agents: how many, how many read the table, their host.
+	SimN     int
+	SimTable int
+	SimErr   string
+	simHost  *fleetHost
+	simStop  func()
 }
+
+const fleetSimID = "fsim"
 
 const fleetKP = "kp"
 
@@ -240,6 +249,14 @@ func (b *bench) fleetRun(ctx context.Context, r *fleetRun) error {
 			r.TableBytes += len(v)
 		}
 	}
+	if r.Opts.sim > 0 {
+		if err := b.fleetStartSim(ctx, r); err != nil {
+			r.SimErr = err.Error()
+			b.log.Error("fleet simulation", "err", err)
+		} else {
+			defer r.simStop()
+		}
+	}
 	sleepCtx(ctx, 5*time.Second)
 
 	// The phases.
@@ -257,6 +274,24 @@ func (b *bench) fleetRun(ctx context.Context, r *fleetRun) error {
 		r.Restarts = append(r.Restarts, b.fleetRestart(ctx, h))
 	}
 	return ctx.Err()
+}
+
+// fleetStartSim starts r.Opts.sim simulated agents on a host of their own.
+func (b *bench) fleetStartSim(ctx context.Context, r *fleetRun) error {
+	h, err := b.env.tb.AddHost(ctx, fleetSimID, testbed.HostOptions{})
+	if err != nil {
+		return err
+	}
+	b.log.Info("fleet: starting simulated agents", "agents", r.Opts.sim)
+	sim, err := startFleetSim(ctx, b.env.tb, h.Netns, r.Opts.sim, b.log)
+	if err != nil {
+		return err
+	}
+	sleepCtx(ctx, 2*time.Second) // each has read the Lease and chosen its source
+	r.simHost = &fleetHost{ID: fleetSimID, Label: fmt.Sprintf("%d simulated agents (nodes mode, shared table; informers only), per agent", r.Opts.sim), host: h}
+	r.SimN, r.SimTable = sim.n, sim.tableSources()
+	r.simStop = sim.stop
+	return nil
 }
 
 func (r *fleetRun) host(id string) *fleetHost {
@@ -324,6 +359,10 @@ func (b *bench) fleetPhase(ctx context.Context, client kubernetes.Interface, r *
 			}
 			out[h.ID] = m
 		}
+		if r.simHost != nil {
+			rx, _ := b.rxBytes(ctx, r.simHost)
+			out[fleetSimID] = mark{rx: rx}
+		}
 		return out, apiWatchBytes(ctx, client), writes
 	}
 	before, wBefore, writesBefore := read()
@@ -346,6 +385,9 @@ func (b *bench) fleetPhase(ctx context.Context, client kubernetes.Interface, r *
 			ph.Unchanged[h.ID] = a.unchanged - bf.unchanged
 			ph.Changed[h.ID] = a.changed - bf.changed
 		}
+	}
+	if r.simHost != nil {
+		ph.RxPerSec[fleetSimID] = float64(after[fleetSimID].rx-before[fleetSimID].rx) / secs
 	}
 	for k, v := range wAfter {
 		ph.WatchSent[k] = (v - wBefore[k]) / secs
@@ -621,7 +663,14 @@ func (b *bench) writeFleetReport(dir string, r *fleetRun) (string, error) {
 		r.Opts.nodes, r.NodeBytes, r.Opts.beatEvery, float64(r.Opts.nodes)/r.Opts.beatEvery.Seconds())
 	p("- Phase length: %s; EndpointSlice churn: one 10-endpoint slice rewritten %.0f times a second\n", r.Opts.phase, r.Opts.sliceRate)
 	p("- Shared node route table: %d bytes for %d Nodes; the default agent's node source: %s\n", r.TableBytes, r.Opts.nodes+3, r.TableSource)
-	p("- API server WatchList (streaming lists) feature: %s; client-go v0.37 (the agent and kube-proxy) has WatchListClient on by default\n\n", r.WatchList)
+	p("- API server WatchList (streaming lists) feature: %s; client-go v0.37 (the agent and kube-proxy) has WatchListClient on by default\n", r.WatchList)
+	switch {
+	case r.SimErr != "":
+		p("- Simulated agents: failed: %s\n", r.SimErr)
+	case r.SimN > 0:
+		p("- Simulated agents: %d in one process on one more host, each with the agent's own watch code (internal/cluster) on a connection of its own, no consumers; %d of them read the node table\n", r.SimN, r.SimTable)
+	}
+	p("\n")
 	if r.Err != "" {
 		p("**The section failed:** %s\n\n", r.Err)
 	}
@@ -643,6 +692,22 @@ func (b *bench) writeFleetReport(dir string, r *fleetRun) (string, error) {
 					ratio = fmt.Sprintf(" (%.2f×)", ph.RxPerSec[h.ID]/kp)
 				}
 				p(" %.0f%s |", ph.RxPerSec[h.ID], ratio)
+			}
+			p("\n")
+		}
+		if r.simHost != nil {
+			p("| %s |", r.simHost.Label)
+			for _, ph := range r.Phases {
+				per := ph.RxPerSec[fleetSimID] / float64(r.SimN)
+				ratio := ""
+				if kp := ph.RxPerSec[fleetKP]; kp > 0 {
+					ratio = fmt.Sprintf(" (%.2f×)", per/kp)
+				}
+				p(" %.0f%s |", per, ratio)
+			}
+			p("\n| the %d simulated agents' host, all together |", r.SimN)
+			for _, ph := range r.Phases {
+				p(" %.0f |", ph.RxPerSec[fleetSimID])
 			}
 			p("\n")
 		}
@@ -695,6 +760,10 @@ func (b *bench) writeFleetReport(dir string, r *fleetRun) (string, error) {
 			}
 			p("| %s | %.0f B/s | %.0f kB/s |\n", h.Label, ph.RxPerSec[h.ID], ph.RxPerSec[h.ID]*float64(r.Opts.fleetHosts)/1e3)
 		}
+	}
+	if ph := r.phase("Node heartbeats"); ph != nil && r.SimN > 0 {
+		p("\nMeasured, not extrapolated: %d simulated agents received %.1f kB/s together (%.0f B/s each) under the same heartbeats.\n",
+			r.SimN, ph.RxPerSec[fleetSimID]/1e3, ph.RxPerSec[fleetSimID]/float64(r.SimN))
 	}
 	if len(r.Restarts) > 0 {
 		p("\nA restart of all %d hosts at once (extrapolated):", r.Opts.fleetHosts)
@@ -750,6 +819,11 @@ func (r *fleetRun) targets() [][3]string {
 			}
 			out = append(out, [3]string{fmt.Sprintf("%s: %s ≤ %.1f× kube-proxy", what, h.ID, limit),
 				fmt.Sprintf("%.0f vs %.0f B/s (%.2f×)", ph.RxPerSec[h.ID], kp, ratio), v})
+		}
+		if r.simHost != nil && r.SimN > 0 && kp > 0 {
+			per := ph.RxPerSec[fleetSimID] / float64(r.SimN)
+			out = append(out, [3]string{fmt.Sprintf("%s: each of %d simulated agents ≤ %.1f× kube-proxy", what, r.SimN, limit),
+				fmt.Sprintf("%.0f vs %.0f B/s (%.2f×)", per, kp, per/kp), verdict(per/kp <= limit)})
 		}
 	}
 	ratioTarget(r.phase("Node heartbeats"), 2, "Node heartbeats")

@@ -141,6 +141,7 @@ func run() (int, error) {
 	fleetBeat := flag.Duration("fleet-heartbeat", 10*time.Second, "each simulated Node's status heartbeat period")
 	fleetSliceRate := flag.Float64("fleet-slice-rate", 5, "EndpointSlice changes per second in the fleet section")
 	fleetHosts := flag.Int("fleet-hosts", 1000, "hosts the fleet section extrapolates to")
+	fleetSim := flag.Int("fleet-sim", 0, "simulated agents (the agent's informers only) on one more host in the fleet section (default 1000; quick 100; -1: none)")
 	flag.Parse()
 
 	def := func(v *int, full, q int) {
@@ -163,6 +164,7 @@ func run() (int, error) {
 	def(burst, 200, 20)
 	def(connects, 2000, 100)
 	def(fleetNodes, 200, 50)
+	def(fleetSim, 1000, 100)
 	defD(fleetPhase, time.Minute, 15*time.Second)
 	defD(dnsDur, 20*time.Second, 5*time.Second)
 	defD(idle, *syncEvery+2*time.Second, 3*time.Second)
@@ -210,7 +212,7 @@ func run() (int, error) {
 		dnsOpts: dnsOpts{duration: *dnsDur, outstanding: 64},
 		watch:   map[string]*kernelWatch{},
 		fleetOpts: fleetOpts{nodes: *fleetNodes, beatEvery: *fleetBeat, phase: *fleetPhase,
-			sliceRate: *fleetSliceRate, fleetHosts: *fleetHosts},
+			sliceRate: *fleetSliceRate, fleetHosts: *fleetHosts, sim: max(*fleetSim, 0)},
 	}
 	if !secs["proxy"] {
 		b.opts.changes, b.opts.burst, b.opts.idle = 0, 0, 0
