@@ -39,6 +39,7 @@ func startFleetSim(ctx context.Context, tb *testbed.Testbed, netns string, n int
 		// between the simulated agents, as between hosts.
 		cfg.Dial = tb.DialContext(netns)
 		cfg.UserAgent = "bridge-agent-fleet-sim"
+		cluster.UseProtobuf(cfg) // as the agent's client (cluster.RESTConfig)
 		client, err := kubernetes.NewForConfig(cfg)
 		if err != nil {
 			s.stop()
