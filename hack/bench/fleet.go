@@ -13,6 +13,8 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -525,9 +527,9 @@ func fleetNode(i int) *v1.Node {
 		}, Annotations: map[string]string{
 			"node.alpha.kubernetes.io/ttl":                           "0",
 			"volumes.kubernetes.io/controller-managed-attach-detach": "true",
-			"csi.volume.kubernetes.io/nodeid":                        fmt.Sprintf(`{"ebs.csi.aws.com":"i-0%015x","efs.csi.aws.com":"i-0%015x"}`, i, i),
+			"csi.volume.kubernetes.io/nodeid":                        fmt.Sprintf(`{"ebs.csi.aws.com":"i-0%s","efs.csi.aws.com":"i-0%s"}`, hexOf(name, 15), hexOf(name, 15)),
 		}},
-		Spec: v1.NodeSpec{PodCIDR: fmt.Sprintf("10.245.%d.%d/26", i/4, (i%4)*64), ProviderID: fmt.Sprintf("aws:///eu-west-1a/i-0%015x", i)},
+		Spec: v1.NodeSpec{PodCIDR: fmt.Sprintf("10.245.%d.%d/26", i/4, (i%4)*64), ProviderID: "aws:///eu-west-1a/i-0" + hexOf(name, 15)},
 	}
 	n.Spec.PodCIDRs = []string{n.Spec.PodCIDR}
 	qty := func(s string) resource.Quantity { return resource.MustParse(s) }
@@ -539,18 +541,29 @@ func fleetNode(i int) *v1.Node {
 			{Type: v1.NodeHostName, Address: name}, {Type: v1.NodeInternalDNS, Address: name + ".eu-west-1.compute.internal"},
 		},
 		DaemonEndpoints: v1.NodeDaemonEndpoints{KubeletEndpoint: v1.DaemonEndpoint{Port: 10250}},
-		NodeInfo: v1.NodeSystemInfo{MachineID: fmt.Sprintf("ec2%029x", i), SystemUUID: fmt.Sprintf("ec2%029x", i), BootID: fmt.Sprintf("%032x", i),
+		NodeInfo: v1.NodeSystemInfo{MachineID: "ec2" + hexOf(name+"m", 29), SystemUUID: "ec2" + hexOf(name+"u", 29), BootID: hexOf(name+"b", 32),
 			KernelVersion: "6.1.0-28-cloud-amd64", OSImage: "Debian GNU/Linux 12 (bookworm)", ContainerRuntimeVersion: "containerd://1.7.24",
 			KubeletVersion: "v1.37.2", KubeProxyVersion: "", OperatingSystem: "linux", Architecture: "amd64"},
 	}
 	for j := range 28 {
 		n.Status.Images = append(n.Status.Images, v1.ContainerImage{Names: []string{
-			fmt.Sprintf("registry.example.com/team-%02d/service-%02d@sha256:%064x", j%7, j, j*7919+i),
+			fmt.Sprintf("registry.example.com/team-%02d/service-%02d@sha256:%s", j%7, j, hexOf(fmt.Sprint(name, j), 64)),
 			fmt.Sprintf("registry.example.com/team-%02d/service-%02d:v1.%d.%d", j%7, j, j, i%10),
 		}, SizeBytes: int64(50_000_000 + j*1_000_003)})
 	}
 	n.Status.Conditions = fleetConditions(time.Now())
 	return n
+}
+
+// hexOf returns n hex digits derived from s: IDs and digests that look
+// like real ones, which compress as badly (a list of Nodes is gzipped).
+func hexOf(s string, n int) string {
+	var out string
+	for i := 0; len(out) < n; i++ {
+		sum := sha256.Sum256([]byte(fmt.Sprint(s, i)))
+		out += hex.EncodeToString(sum[:])
+	}
+	return out[:n]
 }
 
 func fleetConditions(now time.Time) []v1.NodeCondition {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -36,8 +37,10 @@ type SharedNodesOptions struct {
 	// and a random suffix, unique per run).
 	Identity string
 	// LeaseDuration is how long a publisher's Lease lasts without renewal
-	// (default 60s); a reader checks the Lease as often, and takes the
-	// table as stale after two such periods without a renewal.
+	// (default 60s). A reader checks the Lease as often; it takes the table
+	// as stale after one and a half such periods without a renewal (or
+	// with the Lease released or held by an agent that has not written
+	// the table) plus a grace of one to two periods (see freshLocked).
 	LeaseDuration time.Duration
 	// Logger logs the source switches and the publisher's writes.
 	Logger *slog.Logger
@@ -53,8 +56,8 @@ const (
 // (see nodetable.go) while that table is fresh, and from a Node informer
 // while it is absent, invalid or stale, or while this agent is the elected
 // publisher. Fresh means: a valid table, written by the agent that holds
-// the Lease, whose renewals this reader saw within the last two lease
-// durations (by its own clock: no clock skew matters).
+// the Lease, whose renewals this reader saw lately (by its own clock: no
+// clock skew matters); see freshLocked for the grace a good table keeps.
 type SharedNodes struct {
 	client   kubernetes.Interface
 	t        *Tracker
@@ -77,6 +80,8 @@ type SharedNodes struct {
 	leaseSeen  time.Time // when a renewal was last seen (local clock)
 	leaseRead  bool      // the Lease was read (or found absent) once
 	leaseErr   string
+	goodAt     time.Time     // when the table was last known good
+	grace      time.Duration // how long it stays usable after (see freshLocked)
 	leading    bool
 	direct     *directNodes
 	applied    *nodeTable // the table whose Nodes the Tracker holds
@@ -116,7 +121,8 @@ func NewSharedNodes(client kubernetes.Interface, t *Tracker, o SharedNodesOption
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &SharedNodes{client: client, t: t, o: o, log: o.Logger, watchErr: watchErr, poke: make(chan struct{}, 1)}
+	s := &SharedNodes{client: client, t: t, o: o, log: o.Logger, watchErr: watchErr, poke: make(chan struct{}, 1),
+		grace: o.LeaseDuration + time.Duration(mrand.Int64N(int64(o.LeaseDuration)))}
 	s.cmF = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithNamespace(o.Namespace),
 		informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
 			lo.FieldSelector = fields.OneTermEqualSelector("metadata.name", o.Name).String()
@@ -294,23 +300,37 @@ func (s *SharedNodes) readLease(ctx context.Context) {
 	}
 }
 
-// freshLocked reports whether the table may be used, and why not.
+// freshLocked reports whether the table may be used, and why not. A table
+// that was good stays usable for a grace period while its Lease says
+// otherwise: a publisher restarting or handing over (the Lease released,
+// another holder not yet written), an API server hiccup. Without it every
+// reader of a fleet would list the Nodes at the same moment; the grace
+// has a random part, so that when a publisher is gone for good the readers
+// fall back one after the other.
 func (s *SharedNodes) freshLocked(now time.Time) (bool, string) {
+	var why string
 	switch {
 	case s.table == nil && s.tableErr != "":
 		return false, s.tableErr
 	case s.table == nil:
 		return false, "the node route table is absent"
 	case s.leaseErr != "":
-		return false, "cannot read the publisher's lease: " + s.leaseErr
+		why = "cannot read the publisher's lease: " + s.leaseErr
 	case s.holder == "":
-		return false, "no agent holds the publisher's lease"
+		why = "no agent holds the publisher's lease"
 	case s.table.Publisher != s.holder:
-		return false, fmt.Sprintf("the table was written by %s, the lease is held by %s", s.table.Publisher, s.holder)
-	case now.Sub(s.leaseSeen) > 2*s.o.LeaseDuration:
-		return false, "the publisher's lease has not been renewed for " + now.Sub(s.leaseSeen).Round(time.Second).String()
+		why = fmt.Sprintf("the table was written by %s, the lease is held by %s", s.table.Publisher, s.holder)
+	case now.Sub(s.leaseSeen) > s.o.LeaseDuration*3/2:
+		why = "the publisher's lease has not been renewed for " + now.Sub(s.leaseSeen).Round(time.Second).String()
 	}
-	return true, ""
+	if why == "" {
+		s.goodAt = now
+		return true, ""
+	}
+	if !s.goodAt.IsZero() && now.Sub(s.goodAt) < s.grace {
+		return true, ""
+	}
+	return false, why
 }
 
 // evaluate picks the source and feeds the Tracker from it.

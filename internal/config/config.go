@@ -238,8 +238,10 @@ type NodeRoutes struct {
 	Publish bool `json:"publish,omitempty"`
 	// LeaseDuration is how long the publisher's Lease lasts without a
 	// renewal (default 60s; it renews every quarter of that). Readers read
-	// the Lease as often and fall back to watching Nodes once it went two
-	// periods without a renewal, or at once when it is released.
+	// the Lease as often and fall back to watching Nodes some three to
+	// four periods after the last renewal they saw (a random part each, so
+	// that a fleet does not list the Nodes all at once); a publisher that
+	// restarts or hands over within that time causes no fallback.
 	LeaseDuration metav1.Duration `json:"leaseDuration,omitzero"`
 }
 

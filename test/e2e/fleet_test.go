@@ -93,7 +93,9 @@ func TestNodeRoutesTable(t *testing.T) {
 	r := nodeTableAgent(t, "", false)
 	source := func(a *testbed.Agent, want, reason string) *daemon.Status {
 		t.Helper()
-		st, err := a.WaitStatus(ctx, 20*time.Second, func(st *daemon.Status) bool {
+		// Up to 4.5 lease periods (18 s) for a fallback: 1.5 without a
+		// renewal, a grace of 1 to 2, one between reads of the Lease.
+		st, err := a.WaitStatus(ctx, 30*time.Second, func(st *daemon.Status) bool {
 			return st.Synced && st.NodeRoutes != nil && st.NodeRoutes.Source == want && strings.Contains(st.NodeRoutes.Reason, reason)
 		})
 		if err != nil {
@@ -202,8 +204,8 @@ func TestNodeRoutesTable(t *testing.T) {
 	}
 
 	// The publisher dies without releasing its Lease: once the Lease went
-	// two periods without a renewal, the reader watches Nodes again, and
-	// still follows them.
+	// unrenewed past the grace, the reader watches Nodes again, and still
+	// follows them.
 	if err := p.Kill(); err != nil {
 		t.Fatal(err)
 	}
