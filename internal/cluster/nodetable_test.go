@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -72,4 +73,38 @@ func TestNodeTableBadInput(t *testing.T) {
 			t.Errorf("decode %.40q: err %v, want %q", bad.data, err, bad.want)
 		}
 	}
+}
+
+// A reader uses the table while its publisher holds the Lease and renews
+// it; a good table outlives a publisher's restart or handover by the
+// grace, and not longer; a table never seen good gets no grace.
+func TestSharedTableFreshness(t *testing.T) {
+	t0 := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	s := &SharedNodes{o: SharedNodesOptions{LeaseDuration: time.Minute}, grace: 90 * time.Second}
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	check := func(when time.Duration, want bool, reason string) {
+		t.Helper()
+		got, why := s.freshLocked(at(when))
+		if got != want || !strings.Contains(why, reason) {
+			t.Errorf("at %s: fresh %v (%q), want %v (%q)", when, got, why, want, reason)
+		}
+	}
+	check(0, false, "absent")
+	s.table = &nodeTable{Format: 1, Publisher: "a"}
+	s.holder, s.leaseSeen = "b", at(0)
+	check(0, false, "written by a, the lease is held by b") // never good: no grace
+	s.holder = "a"
+	check(10*time.Second, true, "")
+	s.holder = "" // a releases the Lease (a restart)
+	check(60*time.Second, true, "")
+	s.holder, s.leaseSeen = "c", at(70*time.Second) // c took over, has not written yet
+	check(99*time.Second, true, "")
+	check(101*time.Second, false, "written by a, the lease is held by c")
+	s.table = &nodeTable{Format: 1, Publisher: "c"}
+	check(102*time.Second, true, "")
+	// c dies: no renewal after 70 s; stale after 1.5 periods and the grace.
+	check(70*time.Second+89*time.Second, true, "")
+	check(70*time.Second+90*time.Second+91*time.Second, false, "has not been renewed")
+	s.table = nil
+	check(300*time.Second, false, "absent") // a deleted table: at once
 }
