@@ -16,3 +16,10 @@ var RBAC []byte
 //
 //go:embed member-policy.yaml
 var MemberPolicy []byte
+
+// NodeRoutesWriter is the content of node-routes-writer.yaml: the optional
+// write access, scoped by name, to the shared node route table's ConfigMap
+// and Lease, for the agents that publish it.
+//
+//go:embed node-routes-writer.yaml
+var NodeRoutesWriter []byte

@@ -235,6 +235,22 @@ func printRoutes(w io.Writer, st *daemon.Status) {
 		}
 		fmt.Fprintln(w, "\nRoutes:")
 		rs.WriteText(w)
+		printNodeSource(w, st.NodeRoutes)
+	}
+}
+
+// printNodeSource says where nodes mode takes the Nodes from: the shared
+// node route table, or a Node watch and why.
+func printNodeSource(w io.Writer, ns *cluster.SharedNodesStatus) {
+	switch {
+	case ns == nil:
+	case ns.Source == cluster.SourceTable:
+		fmt.Fprintf(w, "  nodes from the shared node route table (generation %d, published by %s)\n", ns.Generation, ns.Publisher)
+	case ns.Source == cluster.SourceNodes:
+		fmt.Fprintf(w, "  nodes from a Node watch: %s\n", ns.Reason)
+	}
+	if ns != nil && ns.WriteError != "" {
+		fmt.Fprintf(w, "  cannot publish the node route table: %s\n", ns.WriteError)
 	}
 }
 

@@ -94,6 +94,8 @@ type bench struct {
 	sizes          []size
 	peers          []peerSpec
 	secs           map[string]bool
+	fleetOpts      fleetOpts
+	fleet          *fleetRun
 }
 
 // loadRun is one load step, observed by the peers running meanwhile.
@@ -116,7 +118,7 @@ func main() {
 func run() (int, error) {
 	quick := flag.Bool("quick", false, "small scale for CI: a minute or two; sets the defaults below to small values")
 	sizesF := flag.String("sizes", "", "load sizes, SERVICES[xENDPOINTS] (default endpoints 10), in order (default 10,1000,1000x100,5000,10000; quick 10,200)")
-	sectionsF := flag.String("sections", "gobench,proxy,datapath,dns", "sections to run")
+	sectionsF := flag.String("sections", "gobench,proxy,datapath,dns,fleet", "sections to run")
 	peersF := flag.String("peers", "agent-nft,agent-ipt,kp-ipt,kp-nft", "proxies to compare")
 	changes := flag.Int("changes", 0, "sequential single EndpointSlice changes per peer and size (default 200; quick 20)")
 	burst := flag.Int("burst", 0, "changes in the burst (default 200; quick 20)")
@@ -134,6 +136,12 @@ func run() (int, error) {
 	gobenchPattern := flag.String("gobench", "Render|Zone|ServeDNS", "go test -bench pattern for ./internal/proxy/ and ./internal/dnsstub/ (\".\" adds the kernel benchmarks, which take many minutes)")
 	profile := flag.Bool("profile", false, "save the agent's heap profiles (after the full sync and at the end of each run) beside its log, in the work directory")
 	workDir := flag.String("workdir", "", "keep the sandbox's files and the peers' logs here (default: a temporary directory)")
+	fleetNodes := flag.Int("fleet-nodes", 0, "simulated Nodes with status heartbeats in the fleet section (default 200; quick 50)")
+	fleetPhase := flag.Duration("fleet-phase", 0, "length of each measured phase of the fleet section (default 60s; quick 15s)")
+	fleetBeat := flag.Duration("fleet-heartbeat", 10*time.Second, "each simulated Node's status heartbeat period")
+	fleetSliceRate := flag.Float64("fleet-slice-rate", 5, "EndpointSlice changes per second in the fleet section")
+	fleetHosts := flag.Int("fleet-hosts", 1000, "hosts the fleet section extrapolates to")
+	fleetSim := flag.Int("fleet-sim", 0, "simulated agents (the agent's informers only) on one more host in the fleet section (default 1000; quick 100; -1: none)")
 	flag.Parse()
 
 	def := func(v *int, full, q int) {
@@ -155,6 +163,9 @@ func run() (int, error) {
 	def(changes, 200, 20)
 	def(burst, 200, 20)
 	def(connects, 2000, 100)
+	def(fleetNodes, 200, 50)
+	def(fleetSim, 1000, 100)
+	defD(fleetPhase, time.Minute, 15*time.Second)
 	defD(dnsDur, 20*time.Second, 5*time.Second)
 	defD(idle, *syncEvery+2*time.Second, 3*time.Second)
 	defD(budget, 2*time.Minute, 30*time.Second)
@@ -172,7 +183,7 @@ func run() (int, error) {
 	secs := map[string]bool{}
 	for _, s := range strings.Split(*sectionsF, ",") {
 		switch s = strings.TrimSpace(s); s {
-		case "gobench", "proxy", "datapath", "dns":
+		case "gobench", "proxy", "datapath", "dns", "fleet":
 			secs[s] = true
 		case "":
 		default:
@@ -187,7 +198,8 @@ func run() (int, error) {
 		}
 		peers = append(peers, p)
 	}
-	if os.Geteuid() != 0 && (secs["proxy"] || secs["datapath"] || secs["dns"]) {
+	sandboxed := secs["proxy"] || secs["datapath"] || secs["dns"] || secs["fleet"]
+	if os.Geteuid() != 0 && sandboxed {
 		return 1, fmt.Errorf("needs root: the sandbox is made of network namespaces")
 	}
 
@@ -199,6 +211,8 @@ func run() (int, error) {
 		opts:    proxyOpts{changes: *changes, burst: *burst, rate: *rate, phaseBudget: *budget, syncTimeout: *syncTimeout, idle: *idle},
 		dnsOpts: dnsOpts{duration: *dnsDur, outstanding: 64},
 		watch:   map[string]*kernelWatch{},
+		fleetOpts: fleetOpts{nodes: *fleetNodes, beatEvery: *fleetBeat, phase: *fleetPhase,
+			sliceRate: *fleetSliceRate, fleetHosts: *fleetHosts, sim: max(*fleetSim, 0)},
 	}
 	if !secs["proxy"] {
 		b.opts.changes, b.opts.burst, b.opts.idle = 0, 0, 0
@@ -214,7 +228,7 @@ func run() (int, error) {
 			log.Error("go benchmarks", "err", err)
 		}
 	}
-	if secs["proxy"] || secs["datapath"] || secs["dns"] {
+	if sandboxed {
 		b.profile = *profile
 		if err := b.sandbox(ctx, *agentBin, *kpBin, *workDir, *minSync, *syncEvery); err != nil {
 			if ctx.Err() != nil {
@@ -230,6 +244,13 @@ func run() (int, error) {
 		return 1, err
 	}
 	fmt.Println(path)
+	if b.fleet != nil {
+		path, err := b.writeFleetReport(*out, b.fleet)
+		if err != nil {
+			return 1, err
+		}
+		fmt.Println(path)
+	}
 	return 0, nil
 }
 
@@ -330,6 +351,10 @@ func (b *bench) sandbox(ctx context.Context, agentBin, kpBin, workDir string, mi
 	if b.secs["dns"] && ctx.Err() == nil {
 		b.log.Info("dns section", "services", b.load.Count())
 		b.dns = b.dnsSection(ctx)
+	}
+	if b.secs["fleet"] && ctx.Err() == nil {
+		b.log.Info("fleet section", "nodes", b.fleetOpts.nodes)
+		b.fleet = b.fleetSection(ctx, b.fleetOpts)
 	}
 	return ctx.Err()
 }

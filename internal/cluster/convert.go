@@ -180,25 +180,17 @@ func convertSlice(es *discovery.EndpointSlice) *sliceInfo {
 
 // convertNode converts a Node.
 func convertNode(n *v1.Node) *Node {
-	out := &Node{Name: n.Name, Zone: n.Labels[LabelZone]}
+	var ips []string
 	for _, a := range n.Status.Addresses {
-		if a.Type != v1.NodeInternalIP {
-			continue
-		}
-		if ip, err := netip.ParseAddr(a.Address); err == nil {
-			out.InternalIPs = append(out.InternalIPs, ip.Unmap())
+		if a.Type == v1.NodeInternalIP {
+			ips = append(ips, a.Address)
 		}
 	}
 	cidrs := n.Spec.PodCIDRs
 	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
 		cidrs = []string{n.Spec.PodCIDR}
 	}
-	for _, c := range cidrs {
-		if p, err := netip.ParsePrefix(c); err == nil {
-			out.PodCIDRs = append(out.PodCIDRs, p.Masked())
-		}
-	}
-	return out
+	return nodeFromStrings(n.Name, n.Labels[LabelZone], ips, cidrs)
 }
 
 // convertServiceCIDR returns the valid ranges of a ServiceCIDR.

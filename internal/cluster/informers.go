@@ -26,13 +26,33 @@ type WatchOptions struct {
 	Namespaces []string
 	// LabelSelector limits Services (server-side).
 	LabelSelector string
+	// Nodes is where the Nodes come from: NodesNone (the default: no Node
+	// is watched, for routes.mode gateway and none), NodesWatch (a Node
+	// informer) or NodesShared (the shared node route table; see
+	// SharedNodes).
+	Nodes string
+	// Shared configures NodesShared.
+	Shared SharedNodesOptions
 }
 
-// Watcher runs the shared informers for Services, EndpointSlices and Nodes
-// and feeds a Tracker.
+// Node sources (WatchOptions.Nodes).
+const (
+	// NodesNone watches no Node: nothing the agent does needs them.
+	NodesNone = "none"
+	// NodesWatch watches every Node.
+	NodesWatch = "watch"
+	// NodesShared reads the node route table one elected agent publishes,
+	// and watches Nodes only while that table is absent or stale (or
+	// while this agent is the one publishing it).
+	NodesShared = "shared"
+)
+
+// Watcher runs the shared informers for Services, EndpointSlices and, when
+// routes need them, Nodes, and feeds a Tracker.
 type Watcher struct {
 	factories []informers.SharedInformerFactory
 	synced    []cache.InformerSynced
+	shared    *SharedNodes // nil unless WatchOptions.Nodes is NodesShared
 
 	mu        sync.Mutex
 	lastErr   error
@@ -99,11 +119,10 @@ func NewWatcher(client kubernetes.Interface, t *Tracker, o WatchOptions) (*Watch
 	}))
 	svcF := informers.NewSharedInformerFactoryWithOptions(client, 0, svcOpts...)
 	sliceF := informers.NewSharedInformerFactoryWithOptions(client, 0, sliceOpts...)
-	nodeF := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(StripUnused))
 
 	cidrF := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(StripUnused))
 
-	w := &Watcher{factories: []informers.SharedInformerFactory{svcF, sliceF, nodeF}}
+	w := &Watcher{factories: []informers.SharedInformerFactory{svcF, sliceF}}
 	w.cidrF, w.discovery = cidrF, client.Discovery()
 	cidrInf := cidrF.Networking().V1().ServiceCIDRs().Informer()
 	_, err := cidrInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -140,15 +159,25 @@ func NewWatcher(client kubernetes.Interface, t *Tracker, o WatchOptions) (*Watch
 				}
 			},
 		}},
-		{nodeF.Core().V1().Nodes().Informer(), cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(obj any) { t.UpdateNode(obj.(*v1.Node)) },
-			UpdateFunc: func(_, obj any) { t.UpdateNode(obj.(*v1.Node)) },
-			DeleteFunc: func(obj any) {
-				if _, name, ok := deletedKey(obj); ok {
-					t.DeleteNode(name)
-				}
-			},
-		}},
+	}
+	switch o.Nodes {
+	case NodesNone, "":
+	case NodesWatch:
+		nodeF := newNodeFactory(client)
+		w.factories = append(w.factories, nodeF)
+		handlers = append(handlers, struct {
+			inf cache.SharedIndexInformer
+			h   cache.ResourceEventHandlerFuncs
+		}{nodeF.Core().V1().Nodes().Informer(), nodeHandler(t, nil)})
+	case NodesShared:
+		sn, err := NewSharedNodes(client, t, o.Shared, w.watchError)
+		if err != nil {
+			return nil, err
+		}
+		w.shared = sn
+		w.synced = append(w.synced, sn.HasSynced)
+	default:
+		return nil, fmt.Errorf("watch: unknown node source %q", o.Nodes)
 	}
 	for _, h := range handlers {
 		if err := h.inf.SetWatchErrorHandlerWithContext(w.watchError); err != nil {
@@ -169,7 +198,43 @@ func (w *Watcher) Start(ctx context.Context) {
 	for _, f := range w.factories {
 		f.Start(ctx.Done())
 	}
+	if w.shared != nil {
+		w.cidrWG.Go(func() { w.shared.Run(ctx) })
+	}
 	w.cidrWG.Go(func() { w.startServiceCIDRs(ctx) })
+}
+
+// Shared returns the shared node route table's reader, nil unless the
+// Nodes come from it.
+func (w *Watcher) Shared() *SharedNodes { return w.shared }
+
+// newNodeFactory returns an informer factory for Nodes that keeps only what
+// the agent reads of them.
+func newNodeFactory(client kubernetes.Interface) informers.SharedInformerFactory {
+	return informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(StripUnused))
+}
+
+// nodeHandler feeds a Node informer's events to t; while active is not nil
+// and returns false, events are dropped (a source being stopped).
+func nodeHandler(t *Tracker, active func() bool) cache.ResourceEventHandlerFuncs {
+	on := func() bool { return active == nil || active() }
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if n, ok := obj.(*v1.Node); ok && on() {
+				t.UpdateNode(n)
+			}
+		},
+		UpdateFunc: func(_, obj any) {
+			if n, ok := obj.(*v1.Node); ok && on() {
+				t.UpdateNode(n)
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if _, name, ok := deletedKey(obj); ok && on() {
+				t.DeleteNode(name)
+			}
+		},
+	}
 }
 
 // startServiceCIDRs starts the ServiceCIDR informer once discovery says the
@@ -222,8 +287,9 @@ func (w *Watcher) Shutdown() {
 	w.cidrF.Shutdown()
 }
 
-// HasSynced reports whether Services, EndpointSlices and Nodes have all been
-// listed and delivered to the Tracker.
+// HasSynced reports whether Services, EndpointSlices and, when watched,
+// Nodes (or the shared node route table) have all been listed and
+// delivered to the Tracker.
 func (w *Watcher) HasSynced() bool {
 	for _, s := range w.synced {
 		if !s() {
@@ -274,6 +340,11 @@ func StripUnused(obj any) (any, error) {
 	case *v1.Node:
 		o.ManagedFields = nil
 		o.Annotations = nil
+		if z, ok := o.Labels[LabelZone]; ok {
+			o.Labels = map[string]string{LabelZone: z}
+		} else {
+			o.Labels = nil
+		}
 		o.Status = v1.NodeStatus{Addresses: o.Status.Addresses}
 		o.Spec = v1.NodeSpec{PodCIDR: o.Spec.PodCIDR, PodCIDRs: o.Spec.PodCIDRs}
 	}

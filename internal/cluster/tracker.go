@@ -3,6 +3,7 @@ package cluster
 import (
 	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -43,6 +44,20 @@ type Tracker struct {
 	// serviceCIDRs are the ranges of each ServiceCIDR object by name.
 	serviceCIDRs map[string][]netip.Prefix
 	cidrsDirty   bool
+
+	// events counts the changes delivered to the Tracker by kind and
+	// whether they changed what the agent uses (see Events).
+	events map[EventCount]uint64
+	// onNodes is called (without locks held) after the Nodes changed.
+	onNodes func()
+}
+
+// EventCount names one counter of Events: the kind of object delivered
+// (Service, EndpointSlice, Node, ServiceCIDR) and whether it changed what
+// the agent uses.
+type EventCount struct {
+	Kind    string
+	Changed bool
 }
 
 type sliceRef struct{ namespace, name string }
@@ -72,6 +87,7 @@ func NewTracker(o TrackerOptions) *Tracker {
 		triggers:   map[ServiceKey][]time.Time{},
 
 		serviceCIDRs: map[string][]netip.Prefix{},
+		events:       map[EventCount]uint64{},
 	}
 	t.start = t.now()
 	if len(o.Namespaces) > 0 {
@@ -99,6 +115,21 @@ func (t *Tracker) changed() {
 	}
 }
 
+// countLocked counts one delivered change of kind.
+func (t *Tracker) countLocked(kind string, changed bool) {
+	t.events[EventCount{Kind: kind, Changed: changed}]++
+}
+
+// Events returns how many changes were delivered to the Tracker, by kind
+// and by whether they changed what the agent uses. An update of a field
+// the agent ignores (a Node's heartbeat, a Service's annotations) counts
+// as unchanged and wakes no consumer.
+func (t *Tracker) Events() map[EventCount]uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return maps.Clone(t.events)
+}
+
 // UpdateService records a Service added or updated.
 func (t *Tracker) UpdateService(s *v1.Service) {
 	t.updateService(convertService(s, t.proxyName))
@@ -110,6 +141,12 @@ func (t *Tracker) updateService(si *serviceInfo) {
 		return
 	}
 	t.mu.Lock()
+	if old, ok := t.services[si.key]; ok && reflect.DeepEqual(old, si) {
+		t.countLocked("Service", false)
+		t.mu.Unlock()
+		return
+	}
+	t.countLocked("Service", true)
 	t.services[si.key] = si
 	t.dirty[si.key] = struct{}{}
 	t.receivedLocked("Service", si.key.String())
@@ -147,9 +184,23 @@ func (t *Tracker) updateSlice(namespace, name string, si *sliceInfo) {
 	ref := sliceRef{namespace, name}
 	t.mu.Lock()
 	var prevTrigger time.Time
-	if owner, ok := t.sliceOwner[ref]; ok {
-		prevTrigger = t.slices[owner][name].triggerTime
+	owner, had := t.sliceOwner[ref]
+	if had {
+		prev := t.slices[owner][name]
+		if si != nil && reflect.DeepEqual(prev, si) {
+			t.countLocked("EndpointSlice", false)
+			t.mu.Unlock()
+			return
+		}
+		prevTrigger = prev.triggerTime
 	}
+	if !had && si == nil {
+		// Neither before nor now a slice the agent uses.
+		t.countLocked("EndpointSlice", false)
+		t.mu.Unlock()
+		return
+	}
+	t.countLocked("EndpointSlice", true)
 	if t.forgetSliceLocked(ref) || si != nil {
 		t.receivedLocked("EndpointSlice", namespace+"/"+name)
 	}
@@ -198,15 +249,27 @@ func (t *Tracker) forgetSliceLocked(ref sliceRef) bool {
 	return true
 }
 
-// UpdateNode records a Node added or updated.
+// UpdateNode records a Node added or updated. An update that leaves what
+// the agent uses of the Node as it was (a kubelet's status heartbeat:
+// conditions, images, resource version) changes nothing and wakes no one.
 func (t *Tracker) UpdateNode(n *v1.Node) {
-	node := convertNode(n)
+	t.updateNode(convertNode(n))
+}
+
+// updateNode records a Node added or updated, converted.
+func (t *Tracker) updateNode(node *Node) {
 	t.mu.Lock()
+	if old, ok := t.nodes[node.Name]; ok && reflect.DeepEqual(old, node) {
+		t.countLocked("Node", false)
+		t.mu.Unlock()
+		return
+	}
+	t.countLocked("Node", true)
 	t.nodes[node.Name] = node
 	t.nodesDirty = true
 	t.receivedLocked("Node", node.Name)
 	t.mu.Unlock()
-	t.changed()
+	t.nodesChanged()
 }
 
 // DeleteNode records a Node removed.
@@ -215,13 +278,63 @@ func (t *Tracker) DeleteNode(name string) {
 	_, had := t.nodes[name]
 	delete(t.nodes, name)
 	t.nodesDirty = t.nodesDirty || had
+	t.countLocked("Node", had)
 	if had {
 		t.receivedLocked("Node", name+" (deleted)")
 	}
 	t.mu.Unlock()
 	if had {
-		t.changed()
+		t.nodesChanged()
 	}
+}
+
+// ReplaceNodes makes nodes the whole set of Nodes (a new source of them,
+// such as the shared node route table, took over); it changes, and wakes,
+// only where the set differs.
+func (t *Tracker) ReplaceNodes(nodes []*Node, what string) {
+	next := make(map[string]*Node, len(nodes))
+	for _, n := range nodes {
+		next[n.Name] = n
+	}
+	t.mu.Lock()
+	if maps.EqualFunc(t.nodes, next, func(a, b *Node) bool { return reflect.DeepEqual(a, b) }) {
+		t.countLocked("Node", false)
+		t.mu.Unlock()
+		return
+	}
+	t.countLocked("Node", true)
+	t.nodes = next
+	t.nodesDirty = true
+	t.receivedLocked("Node", what)
+	t.mu.Unlock()
+	t.nodesChanged()
+}
+
+// Nodes returns the Nodes the Tracker holds, ordered by name.
+func (t *Tracker) Nodes() []*Node {
+	t.mu.Lock()
+	out := slices.Collect(maps.Values(t.nodes))
+	t.mu.Unlock()
+	sortNodes(out)
+	return out
+}
+
+// OnNodes sets a function called (without locks held) after every change
+// of the Nodes, for the publisher of the shared node route table.
+func (t *Tracker) OnNodes(f func()) {
+	t.mu.Lock()
+	t.onNodes = f
+	t.mu.Unlock()
+}
+
+func (t *Tracker) nodesChanged() {
+	t.mu.Lock()
+	f := t.onNodes
+	t.mu.Unlock()
+	if f != nil {
+		f()
+	}
+	t.changed()
 }
 
 // UpdateServiceCIDR records a ServiceCIDR added or updated.
@@ -231,6 +344,7 @@ func (t *Tracker) UpdateServiceCIDR(sc *networking.ServiceCIDR) {
 	old, had := t.serviceCIDRs[sc.Name]
 	t.serviceCIDRs[sc.Name] = cidrs
 	changed := !had || !slices.Equal(old, cidrs)
+	t.countLocked("ServiceCIDR", changed)
 	t.cidrsDirty = t.cidrsDirty || changed
 	if changed {
 		t.receivedLocked("ServiceCIDR", sc.Name)

@@ -1,7 +1,10 @@
 // Package cluster is the agent's view of the cluster. It is the only package
 // that imports client-go informers: it turns Services, EndpointSlices and Nodes
 // into the small, immutable types below and hands consumers (proxy, routes,
-// DNS, status) a versioned Snapshot.
+// DNS, status) a versioned Snapshot. Nodes are watched only when routes need
+// them, and then preferably read from the shared node route table one elected
+// agent publishes (SharedNodes). An update that leaves what the agent uses
+// unchanged makes no new Snapshot.
 package cluster
 
 import (

@@ -19,6 +19,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
@@ -184,6 +185,67 @@ type Routes struct {
 	// private ranges (10.0.0.0/8, 100.64.0.0/10, 172.16.0.0/12,
 	// 192.168.0.0/16, fc00::/7). A public pod range must be listed here.
 	AllowedCIDRs []string `json:"allowedCIDRs,omitempty"`
+	// NodeRoutes says where nodes mode learns the Nodes' pod CIDRs and
+	// InternalIPs. gateway and none modes watch no Node at all.
+	NodeRoutes NodeRoutes `json:"nodeRoutes,omitzero"`
+}
+
+// Node route sources (routes.nodeRoutes.source).
+const (
+	// NodeRoutesShared reads the shared node route table (a ConfigMap one
+	// elected agent writes) and watches Nodes only while it is absent or
+	// stale.
+	NodeRoutesShared = "shared"
+	// NodeRoutesWatch always watches every Node.
+	NodeRoutesWatch = "watch"
+)
+
+// WithDefaults returns n with its empty fields set to their defaults.
+func (n NodeRoutes) WithDefaults() NodeRoutes {
+	d := Default().Routes.NodeRoutes
+	if n.Source == "" {
+		n.Source = d.Source
+	}
+	if n.Namespace == "" {
+		n.Namespace = d.Namespace
+	}
+	if n.Name == "" {
+		n.Name = d.Name
+	}
+	if n.LeaseDuration.Duration == 0 {
+		n.LeaseDuration = d.LeaseDuration
+	}
+	return n
+}
+
+// NodeRoutes configures the shared node route table of nodes mode: one
+// ConfigMap with every Node's name, pod CIDRs, InternalIPs and zone,
+// written by one agent elected on a Lease of the same name and rewritten
+// only when a route changes, so that the other agents need not receive
+// every Node heartbeat.
+type NodeRoutes struct {
+	// Source is shared (default) or watch. shared reads the table, and
+	// watches Nodes while the table is absent, invalid or stale (no
+	// publisher renews its Lease), which is also what happens when no
+	// agent publishes. watch always watches every Node.
+	Source string `json:"source,omitempty"`
+	// Namespace of the ConfigMap and the Lease (default bridge-agent).
+	Namespace string `json:"namespace,omitempty"`
+	// Name of the ConfigMap and the Lease (default
+	// bridge-agent-node-routes).
+	Name string `json:"name,omitempty"`
+	// Publish makes this agent a candidate to publish the table: while it
+	// holds the Lease it watches Nodes and writes the ConfigMap. It needs
+	// the write access of deploy/node-routes-writer.yaml; a few agents
+	// (two or three, for failover) are enough.
+	Publish bool `json:"publish,omitempty"`
+	// LeaseDuration is how long the publisher's Lease lasts without a
+	// renewal (default 60s; it renews every quarter of that). Readers read
+	// the Lease as often and fall back to watching Nodes some three to
+	// four periods after the last renewal they saw (a random part each, so
+	// that a fleet does not list the Nodes all at once); a publisher that
+	// restarts or hands over within that time causes no fallback.
+	LeaseDuration metav1.Duration `json:"leaseDuration,omitzero"`
 }
 
 // PrefixLengths is a prefix length per family.
@@ -284,6 +346,13 @@ func Default() *Config {
 			Table:    DefaultRouteTable,
 			// Nothing broader than a /16 or a /48 from a Node.
 			MinPrefixLength: PrefixLengths{IPv4: 16, IPv6: 48},
+			NodeRoutes: NodeRoutes{
+				Source:    NodeRoutesShared,
+				Namespace: "bridge-agent",
+				Name:      "bridge-agent-node-routes",
+
+				LeaseDuration: metav1.Duration{Duration: time.Minute},
+			},
 		},
 		DNS: DNS{
 			Mode:                   DNSStub,
@@ -703,6 +772,24 @@ func (c *Config) validateRoutes(bad func(field string, value any, reason string)
 	}
 	if err := CheckRouteProtocol(r.Protocol); err != nil {
 		bad("routes.protocol", r.Protocol, err.Error())
+	}
+	nr := &r.NodeRoutes
+	switch nr.Source {
+	case "", NodeRoutesShared, NodeRoutesWatch:
+	default:
+		bad("routes.nodeRoutes.source", quote(nr.Source), "must be shared or watch")
+	}
+	if errs := validation.IsDNS1123Label(nr.Namespace); nr.Namespace != "" && len(errs) > 0 {
+		bad("routes.nodeRoutes.namespace", quote(nr.Namespace), "must be a namespace name: "+strings.Join(errs, "; "))
+	}
+	if errs := validation.IsDNS1123Subdomain(nr.Name); nr.Name != "" && len(errs) > 0 {
+		bad("routes.nodeRoutes.name", quote(nr.Name), "must be a ConfigMap and Lease name: "+strings.Join(errs, "; "))
+	}
+	if d := nr.LeaseDuration.Duration; d != 0 && (d < 4*time.Second || d > time.Hour) {
+		bad("routes.nodeRoutes.leaseDuration", nr.LeaseDuration.Duration.String(), "must be from 4s to 1h (default 1m)")
+	}
+	if nr.Publish && (r.Mode != RoutesNodes || nr.Source == NodeRoutesWatch) {
+		bad("routes.nodeRoutes.publish", true, "only used with routes.mode: nodes and routes.nodeRoutes.source: shared")
 	}
 	switch {
 	case r.Table < 1 || r.Table > 1<<32-1:

@@ -133,6 +133,14 @@ func TestValidateEachField(t *testing.T) {
 		{"dns.upstreams[0]", func(c *Config) { c.DNS.Upstreams = []string{"192.0.2.1:0"} }},
 		{"dns.namespaceDomains[0]", func(c *Config) { c.DNS.NamespaceDomains = []string{"a.b"} }},
 		{"dns.hostResolver", func(c *Config) { c.DNS.HostResolver = "networkmanager" }},
+		{"routes.nodeRoutes.source", func(c *Config) { c.Routes.NodeRoutes.Source = "table" }},
+		{"routes.nodeRoutes.namespace", func(c *Config) { c.Routes.NodeRoutes.Namespace = "Bridge_Agent" }},
+		{"routes.nodeRoutes.name", func(c *Config) { c.Routes.NodeRoutes.Name = "a/b" }},
+		{"routes.nodeRoutes.leaseDuration", func(c *Config) { c.Routes.NodeRoutes.LeaseDuration.Duration = time.Second }},
+		{"routes.nodeRoutes.publish", func(c *Config) {
+			c.Routes.NodeRoutes.Publish, c.Routes.NodeRoutes.Source = true, NodeRoutesWatch
+		}},
+		{"routes.nodeRoutes.publish", func(c *Config) { c.Routes.Mode = RoutesNone; c.Routes.NodeRoutes.Publish = true }},
 		{"dns.listenAddress", func(c *Config) { c.DNS.HostResolver = "resolv.conf"; c.DNS.ListenAddress = "127.0.0.77:5353" }},
 		{"dns.timeout", func(c *Config) { c.DNS.Timeout.Duration = time.Millisecond }},
 		{"dns.cacheSize", func(c *Config) { c.DNS.CacheSize = -1 }},

@@ -166,15 +166,12 @@ func New(o Options) (*Daemon, error) {
 		ServiceProxyName: o.Config.Scope.ServiceProxyName,
 		OnChange:         d.runner.Poke,
 	})
-	w, err := cluster.NewWatcher(o.Client, d.tracker, cluster.WatchOptions{
-		Namespaces:    o.Config.Scope.Namespaces,
-		LabelSelector: o.Config.Scope.LabelSelector,
-	})
+	w, err := cluster.NewWatcher(o.Client, d.tracker, watchOptions(o.Config, o.Logger))
 	if err != nil {
 		return nil, err
 	}
 	d.watcher = w
-	d.metrics = newMetrics(o.Version, d.tracker.Counts)
+	d.metrics = newMetrics(o.Version, d.tracker.Counts, d.tracker.Events, w.Shared())
 	if err := registerAll(d.metrics.registry, d.filter.Collectors()); err != nil {
 		return nil, fmt.Errorf("metrics of the host guard: %w", err)
 	}
@@ -191,6 +188,34 @@ func New(o Options) (*Daemon, error) {
 		}
 	}
 	return d, nil
+}
+
+// watchOptions scopes the watch: Nodes only for routes.mode nodes, from
+// the shared node route table unless routes.nodeRoutes.source is watch.
+func watchOptions(cfg *config.Config, log *slog.Logger) cluster.WatchOptions {
+	o := cluster.WatchOptions{
+		Namespaces:    cfg.Scope.Namespaces,
+		LabelSelector: cfg.Scope.LabelSelector,
+		Nodes:         cluster.NodesNone,
+	}
+	if cfg.Routes.Mode != config.RoutesNodes {
+		return o
+	}
+	nr := cfg.Routes.NodeRoutes.WithDefaults()
+	if nr.Source == config.NodeRoutesWatch {
+		o.Nodes = cluster.NodesWatch
+		return o
+	}
+	o.Nodes = cluster.NodesShared
+	o.Shared = cluster.SharedNodesOptions{
+		Namespace: nr.Namespace,
+		Name:      nr.Name,
+		Publish:   nr.Publish,
+		Logger:    log.With("consumer", "nodes"),
+
+		LeaseDuration: nr.LeaseDuration.Duration,
+	}
+	return o
 }
 
 // Run runs until ctx ends. It returns an error only when it cannot start
@@ -481,6 +506,10 @@ func (d *Daemon) Status() *Status {
 	st.Guard = &gs
 	if d.member != nil {
 		st.Member = d.member.MemberStatus()
+	}
+	if sn := d.watcher.Shared(); sn != nil {
+		ns := sn.Status()
+		st.NodeRoutes = &ns
 	}
 	st.APIServer.Host = d.apiHost
 	if err, at := d.watcher.LastError(); err != nil {

@@ -348,7 +348,7 @@ func TestSDNotifyStatus(t *testing.T) {
 		return ""
 	}
 	// First "listing ...", then the probe's error.
-	if l := next("STATUS=waiting for the API server: "); l != "STATUS=waiting for the API server: listing Services, EndpointSlices and Nodes" {
+	if l := next("STATUS=waiting for the API server: "); l != "STATUS=waiting for the API server: listing Services and EndpointSlices (and Nodes, for routes.mode nodes)" {
 		t.Errorf("first status = %q", l)
 	}
 	next("STATUS=waiting for the API server: dial tcp 10.0.0.1:6443: connection refused")
@@ -384,7 +384,7 @@ func TestStatusLine(t *testing.T) {
 		consumers       []string
 		want            string
 	}{
-		{"", "", nil, nil, "waiting for the API server: listing Services, EndpointSlices and Nodes"},
+		{"", "", nil, nil, "waiting for the API server: listing Services and EndpointSlices (and Nodes, for routes.mode nodes)"},
 		{"", "x509: certificate signed by unknown authority", nil, nil, "waiting for the API server: x509: certificate signed by unknown authority"},
 		{"", "connection refused", &saved, nil, "serving the saved snapshot of 2026-12-04T20:00:00Z (API server unreachable: connection refused)"},
 		{"", "", live, []string{"proxy nftables"}, "ready: 1 services, 0 endpoints; proxy nftables"},

@@ -87,8 +87,10 @@ func TestGuardRepublishCountsTriggersOnce(t *testing.T) {
 		defer cons.mu.Unlock()
 		return cons.syncs
 	}
+	// At least one more sync of a guarded copy after the last change; no
+	// more is due (a delivery that changes nothing adds no sync).
 	before := syncs()
-	waitUntil(t, 5*time.Second, func() bool { return syncs() > before+1 })
+	waitUntil(t, 5*time.Second, func() bool { return syncs() > before })
 	if n := observed(); n != 1 {
 		t.Errorf("the trigger time was observed %d times, want once", n)
 	}

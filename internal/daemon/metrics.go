@@ -1,8 +1,12 @@
 package daemon
 
 import (
+	"strconv"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/bridge-agent/bridge-agent/internal/cluster"
 )
 
 // metrics are the agent's Prometheus metrics, in a private registry.
@@ -18,7 +22,9 @@ type metrics struct {
 	saveErrors   prometheus.Counter
 }
 
-func newMetrics(version string, objects func() (services, slices, nodes int)) *metrics {
+// newMetrics makes the metrics; objects and events read the Tracker, shared
+// is the node route table's reader (nil when the Nodes do not come from it).
+func newMetrics(version string, objects func() (services, slices, nodes int), events func() map[cluster.EventCount]uint64, shared *cluster.SharedNodes) *metrics {
 	m := &metrics{
 		registry: prometheus.NewRegistry(),
 		syncs: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -56,6 +62,13 @@ func newMetrics(version string, objects func() (services, slices, nodes int)) *m
 		}),
 	}
 	watched := prometheus.NewDesc("bridge_agent_watched_objects", "API objects held by the agent's informers, by kind.", []string{"kind"}, nil)
+	eventsDesc := prometheus.NewDesc("bridge_agent_cluster_events_total",
+		"Changes delivered by the API server, by kind and by whether they changed what the agent uses (changed=\"false\": a Node heartbeat, an annotation; such a change wakes no consumer).",
+		[]string{"kind", "changed"}, nil)
+	sourceDesc := prometheus.NewDesc("bridge_agent_node_source",
+		"1 for where routes.mode nodes takes the Nodes from now: source=\"table\" (the shared node route table) or \"nodes\" (a Node watch).",
+		[]string{"source"}, nil)
+	writesDesc := prometheus.NewDesc("bridge_agent_node_table_writes_total", "Writes of the shared node route table by this agent (its elected publisher).", nil, nil)
 	m.registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -71,7 +84,33 @@ func newMetrics(version string, objects func() (services, slices, nodes int)) *m
 			ch <- prometheus.MustNewConstMetric(watched, prometheus.GaugeValue, float64(e), "EndpointSlice")
 			ch <- prometheus.MustNewConstMetric(watched, prometheus.GaugeValue, float64(n), "Node")
 		}},
+		collectorFunc{desc: eventsDesc, collect: func(ch chan<- prometheus.Metric) {
+			got := events()
+			for _, kind := range []string{"Service", "EndpointSlice", "Node", "ServiceCIDR"} {
+				for _, changed := range []bool{true, false} {
+					ch <- prometheus.MustNewConstMetric(eventsDesc, prometheus.CounterValue,
+						float64(got[cluster.EventCount{Kind: kind, Changed: changed}]), kind, strconv.FormatBool(changed))
+				}
+			}
+		}},
 	)
+	if shared != nil {
+		m.registry.MustRegister(
+			collectorFunc{desc: sourceDesc, collect: func(ch chan<- prometheus.Metric) {
+				src := shared.Status().Source
+				for _, s := range []string{cluster.SourceTable, cluster.SourceNodes} {
+					v := 0.0
+					if s == src {
+						v = 1
+					}
+					ch <- prometheus.MustNewConstMetric(sourceDesc, prometheus.GaugeValue, v, s)
+				}
+			}},
+			collectorFunc{desc: writesDesc, collect: func(ch chan<- prometheus.Metric) {
+				ch <- prometheus.MustNewConstMetric(writesDesc, prometheus.CounterValue, float64(shared.Status().Writes))
+			}},
+		)
+	}
 	return m
 }
 

@@ -17,8 +17,12 @@ type Status struct {
 	StartTime time.Time `json:"startTime"`
 	// Ready is true once the first full sync completed.
 	Ready bool `json:"ready"`
-	// Synced is true once Services, EndpointSlices and Nodes were all listed.
+	// Synced is true once Services, EndpointSlices and (routes.mode nodes)
+	// the Nodes were all listed.
 	Synced bool `json:"synced"`
+	// NodeRoutes says where the Nodes come from when they come from the
+	// shared node route table or, while it is stale, a Node watch.
+	NodeRoutes *cluster.SharedNodesStatus `json:"nodeRoutes,omitempty"`
 	// Degraded is true while the agent serves the last snapshot known good
 	// from its state directory because the API server cannot be reached.
 	Degraded  bool      `json:"degraded,omitempty"`

@@ -283,7 +283,7 @@ func statusLine(syncErr, apiErr string, apiErrAt time.Time, done *cluster.Snapsh
 	case apiErr != "":
 		return "waiting for the API server: " + apiErr
 	}
-	return "waiting for the API server: listing Services, EndpointSlices and Nodes"
+	return "waiting for the API server: listing Services and EndpointSlices (and Nodes, for routes.mode nodes)"
 }
 
 // updateStatus sends systemd the current STATUS= line when it changed, and

@@ -103,6 +103,8 @@ func TestCheckHostName(t *testing.T) {
 	for name, ok := range map[string]bool{
 		"vm1": true, "db-01": true, "a": true, strings.Repeat("a", 50): true,
 		"": false, "-a": false, "a-": false, "VM1": false, "a.b": false, "a_b": false, strings.Repeat("a", 51): false,
+		// The shared node route table's objects are bridge-agent-node-routes*.
+		"node-routes": false, "node-routes-writer": false, "node-routes-reader": false, "nodes": true,
 	} {
 		if err := CheckHostName(name); (err == nil) != ok {
 			t.Errorf("CheckHostName(%q) = %v, want ok %v", name, err, ok)

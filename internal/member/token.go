@@ -30,8 +30,16 @@ func CheckHostName(name string) error {
 	if !hostRE.MatchString(name) {
 		return fmt.Errorf("host name %q: want 1 to 50 lower-case letters, digits and '-', starting and ending with a letter or digit", name)
 	}
+	if strings.HasPrefix(name, reservedHostPrefix) {
+		return fmt.Errorf("host name %q: names starting with %q are reserved (bridge-agent-%s* are the shared node route table's ConfigMap, Lease and Roles)", name, reservedHostPrefix, reservedHostPrefix)
+	}
 	return nil
 }
+
+// reservedHostPrefix starts the names of objects the agents share
+// (bridge-agent-node-routes, -reader, -writer): a host named so would get
+// their names for its ServiceAccount, Role and Lease.
+const reservedHostPrefix = "node-routes"
 
 // ObjectName is the name of host's ServiceAccount, Role, bindings and Lease.
 func ObjectName(host string) string { return NamePrefix + host }

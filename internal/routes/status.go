@@ -75,7 +75,12 @@ func (s *Status) WriteText(w io.Writer) {
 	if s.ServiceCIDRsFrom != "" {
 		services += " (from the " + s.ServiceCIDRsFrom + ")"
 	}
-	fmt.Fprintf(w, "  cluster pod ranges: %s\n", joinPrefixes(s.PodCIDRs))
+	if s.Mode != ModeNodes && len(s.PodCIDRs) == 0 {
+		// Only nodes mode watches the Nodes that carry them.
+		fmt.Fprintf(w, "  cluster pod ranges: not known in %s mode (Nodes are not watched)\n", s.Mode)
+	} else {
+		fmt.Fprintf(w, "  cluster pod ranges: %s\n", joinPrefixes(s.PodCIDRs))
+	}
 	fmt.Fprintf(w, "  cluster service ranges: %s\n", services)
 }
 

@@ -43,7 +43,10 @@ type Agent struct {
 	HostRoot   string
 	Config     *config.Config
 	// Env is added to the agent's environment (e.g. XTABLES_LOCKFILE).
-	Env     []string
+	Env []string
+	// Netns is where the agent runs (default: the VM, VMNetns); another
+	// host's namespace (AddHost) makes a second joined host.
+	Netns   string
 	tb      *Testbed
 	cmd     *exec.Cmd
 	done    chan struct{}
@@ -102,7 +105,15 @@ func (t *Testbed) NewAgent(binary, dir string, cfg *config.Config) (*Agent, erro
 	return &Agent{Binary: binary, Dir: dir, ConfigPath: path, HostRoot: cfg.HostRoot, Config: cfg, tb: t}, nil
 }
 
-// Start runs the agent in the VM namespace, logging to Dir/agent.log.
+func (a *Agent) netns() string {
+	if a.Netns != "" {
+		return a.Netns
+	}
+	return a.tb.VMNetns
+}
+
+// Start runs the agent in its namespace (the VM's unless Netns says
+// otherwise), logging to Dir/agent.log.
 func (a *Agent) Start(extraArgs ...string) error {
 	if a.cmd != nil && !a.Exited() {
 		return errors.New("agent: already running")
@@ -112,7 +123,7 @@ func (a *Agent) Start(extraArgs ...string) error {
 		return fmt.Errorf("agent: %w", err)
 	}
 	argv := append([]string{a.Binary, "run", "--config", a.ConfigPath}, extraArgs...)
-	cmd := netnsCommand(a.tb.VMNetns, argv...)
+	cmd := netnsCommand(a.netns(), argv...)
 	cmd.Env = append(os.Environ(), a.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -185,7 +196,7 @@ func (a *Agent) signal(sig syscall.Signal, wait time.Duration) error {
 func (a *Agent) Run(ctx context.Context, args ...string) ([]byte, error) {
 	argv := append([]string{a.Binary}, args...)
 	argv = append(argv, "--config", a.ConfigPath)
-	cmd := netnsCommand(a.tb.VMNetns, argv...)
+	cmd := netnsCommand(a.netns(), argv...)
 	cmd.Env = append(os.Environ(), a.Env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {

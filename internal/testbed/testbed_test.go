@@ -22,6 +22,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/bridge-agent/bridge-agent/deploy"
 )
 
 func requireRoot(t *testing.T) {
@@ -504,6 +506,31 @@ func TestDecodeRBAC(t *testing.T) {
 		"[networking.k8s.io] [servicecidrs] [get list watch]"}
 	if !slices.Equal(rules, want) {
 		t.Errorf("rules %q, want %q", rules, want)
+	}
+	// The node route table: read only, and only those two objects.
+	if len(objs.roles) != 1 || len(objs.roleBindings) != 1 {
+		t.Fatalf("decoded %d roles, %d role bindings, want 1 each", len(objs.roles), len(objs.roleBindings))
+	}
+	rules = nil
+	for _, r := range objs.roles[0].Rules {
+		rules = append(rules, fmt.Sprint(r.APIGroups, r.Resources, r.ResourceNames, r.Verbs))
+	}
+	want = []string{"[] [configmaps] [bridge-agent-node-routes] [get list watch]",
+		"[coordination.k8s.io] [leases] [bridge-agent-node-routes] [get]"}
+	if !slices.Equal(rules, want) {
+		t.Errorf("node route table rules %q, want %q", rules, want)
+	}
+	w, err := decodeRBAC(deploy.NodeRoutesWriter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(w.configMaps) != 1 || len(w.leases) != 1 || len(w.roles) != 1 || len(w.clusterRoles) != 0 {
+		t.Fatalf("writer manifest decoded %+v", w)
+	}
+	for _, r := range w.roles[0].Rules {
+		if !slices.Equal(r.ResourceNames, []string{"bridge-agent-node-routes"}) || slices.Contains(r.Verbs, "create") {
+			t.Errorf("writer rule not scoped to the table's objects: %+v", r)
+		}
 	}
 	if _, err := decodeRBAC([]byte("apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n")); err == nil {
 		t.Error("unsupported kind accepted")
