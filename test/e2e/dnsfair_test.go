@@ -162,16 +162,26 @@ func TestDNSForwardingFairness(t *testing.T) {
 	t.Logf("flood: %d rounds, %d questions, rcodes %v, %d client timeouts; in flight at most %v (cap %d), %v coalesced, %v refused by a limit",
 		fl.Rounds, fl.Sent, fl.Rcodes, fl.Timeouts, peak, maxForwards, coalesced, rejected)
 
-	// Every answer under 10 ms, unless this machine stalls the stub
-	// without any flood (a loaded shared host): then the flood may not
-	// make the worst case more than twice as bad.
-	limit := 10 * time.Millisecond
-	if baseline.Max > limit/2 {
-		limit = 2 * baseline.Max
-		t.Logf("the machine alone delays answers by up to %s: the flood is held to %s", baseline.Max, limit)
+	// A cluster name never waits on the upstreams: a stub that let the
+	// flood's questions stand in front of them would delay answers by the
+	// upstream timeout (seconds), many of them. The flood also shares the 2
+	// cores with the probe, and a shared host stalls any process now and
+	// then, so the tail is judged by the tenth-slowest answer (one stall
+	// delays a handful of answers), against 4x the same figure without the
+	// flood (10 ms at least), and the slowest answer must stay far below
+	// the upstream timeout.
+	tail := func(p probeReport) time.Duration {
+		if len(p.Slowest) == 0 {
+			return p.Max
+		}
+		return p.Slowest[0] // the slowest answers, ascending
 	}
-	if probe.Max >= limit {
-		t.Errorf("slowest cluster-name answer during the flood took %s, want under %s (p99 %s)", probe.Max, limit, probe.P99)
+	limit := max(10*time.Millisecond, 4*tail(baseline))
+	if got := tail(probe); got >= limit {
+		t.Errorf("tenth-slowest cluster-name answer during the flood took %s, want under %s (without the flood %s; p99 %s)", got, limit, tail(baseline), probe.P99)
+	}
+	if probe.Max >= time.Second {
+		t.Errorf("slowest cluster-name answer during the flood took %s, want under 1s (the upstream timeout is 2s)", probe.Max)
 	}
 	if peak > maxForwards {
 		t.Errorf("%v questions in flight, over dns.maxConcurrentForwards %d", peak, maxForwards)
