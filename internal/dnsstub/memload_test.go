@@ -26,9 +26,12 @@ const maxLoadGrowth = 32 << 20
 // flights, per-client limits, upstream exchanges) and one forwarded
 // question asked over and over while its upstream stays silent (each
 // asker waits for the same flight: without the slow path's bound one
-// goroutine per query piles up). The process's resident set under the
-// load must stay within maxLoadGrowth of the idle one, and the stub must
-// still answer.
+// goroutine per query piles up). The live heap under the load must stay
+// within maxLoadGrowth of the idle one (the resident set within twice
+// that: the collector's headroom and the generator), and the stub must
+// still answer. Without the bounds (slow path and flight waiters
+// unlimited) the resident set grew by 115 MiB in these seconds, with
+// 12,657 goroutines.
 func TestMemoryBoundedUnderLoad(t *testing.T) {
 	silent := startUpstream(t, func(dns.ResponseWriter, *dns.Msg, bool) {})
 	good := startUpstream(t, func(w dns.ResponseWriter, r *dns.Msg, _ bool) {
@@ -157,8 +160,13 @@ func TestMemoryBoundedUnderLoad(t *testing.T) {
 		t.Errorf("live heap grew %.1f MiB under load (idle %.1f, load %.1f), bound %d MiB",
 			mib(loadLive-idleLive), mib(idleLive), mib(loadLive), maxLoadGrowth>>20)
 	}
-	if peak-idle > maxLoadGrowth {
-		t.Errorf("resident set grew %.1f MiB under load (idle %.1f, peak %.1f), bound %d MiB", mib(peak-idle), mib(idle), mib(peak), maxLoadGrowth>>20)
+	// The resident set follows the live heap with the collector's
+	// headroom (GOGC=100: the heap may reach twice what is live before a
+	// collection) and holds the load generator too, which shares this
+	// process: twice the bound. The agent's own RSS under dnsperf, with no
+	// generator in it, is what make bench judges against idle + 32 MiB.
+	if peak-idle > 2*maxLoadGrowth {
+		t.Errorf("resident set grew %.1f MiB under load (idle %.1f, peak %.1f), bound %d MiB", mib(peak-idle), mib(idle), mib(peak), 2*maxLoadGrowth>>20)
 	}
 }
 
